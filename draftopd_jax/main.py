@@ -1,0 +1,99 @@
+"""Command-line entry point: `python -m draftopd_jax.main --config=configs/<job>.py`.
+
+The config file's `mode` picks the job. Any `--config.key=value` overrides a field; a config
+file may take a variant as `--config=configs/job.py:variant`.
+"""
+
+import json
+import pathlib
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from draftopd_jax.errors import UserError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Job config file (configs/*.py).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs (optional for generate).")
+flags.mark_flag_as_required("config")
+
+
+def read_prompts_file(path: str) -> list[str]:
+  file = pathlib.Path(path)
+  if not file.is_file():
+    raise UserError(f"prompts file {path} does not exist")
+  lines = [line for line in file.read_text().splitlines() if line.strip()]
+  if file.suffix != ".jsonl":
+    prompts = lines
+  else:
+    prompts = []
+    for number, line in enumerate(lines, 1):
+      try:
+        prompts.append(json.loads(line)["prompt"])
+      except (json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(f'{path}:{number}: expected a JSON object with a "prompt" field') from None
+  if not prompts:
+    raise UserError(f"prompts file {path} holds no prompts")
+  return prompts
+
+
+def run_generate(config, workdir: str | None) -> None:
+  from draftopd_jax.decoding.completions import complete
+  from draftopd_jax.decoding.sampling import SamplingConfig
+  from draftopd_jax.io import load_model
+
+  prompts = read_prompts_file(config.prompts_file) if config.prompts_file else list(config.prompts)
+  sampling = SamplingConfig(**config.sampling)
+  model = load_model(config.model, dtype=config.dtype)
+  completions = complete(model, prompts, max_new_tokens=config.max_new_tokens, sampling=sampling,
+                         batch_size=config.batch_size, chat_template=config.chat_template,
+                         max_prompt_tokens=config.max_prompt_tokens or None, seed=config.seed)
+  for prompt, completion in zip(prompts, completions):
+    print(f"### prompt\n{prompt}\n### completion\n{completion}\n")
+  if workdir:
+    out = pathlib.Path(workdir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "completions.jsonl", "w") as f:
+      for prompt, completion in zip(prompts, completions):
+        f.write(json.dumps({"prompt": prompt, "completion": completion}) + "\n")
+
+
+MODES = {"generate": run_generate}
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  config = _CONFIG.value
+  try:
+    if config.get("mode") not in MODES:
+      raise UserError(f"config.mode={config.get('mode')!r} is not a mode; choose one of "
+                      f"{', '.join(MODES)}")
+    MODES[config.mode](config, _WORKDIR.value)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, but a bad flag, config file or override is one line and exit 2."""
+  try:
+    remaining = flags.FLAGS(argv)
+    _CONFIG.value.get("mode")  # a config file that failed to load raises here
+    return remaining
+  except (KeyError, AttributeError) as e:  # ml_collections: override of a key the config lacks
+    message = f"unknown config key {str(e).strip(chr(34))} in a --config.<key> override"
+  except (flags.Error, ValueError, TypeError, OSError, SyntaxError) as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    message = lines[-1] if lines else type(e).__name__
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def run() -> None:
+  app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+  run()

