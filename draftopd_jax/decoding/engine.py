@@ -1,0 +1,204 @@
+"""Speculative decoding as one jitted `jax.lax.while_loop` over a fixed-shape state.
+
+Per step and sequence: the drafter proposes K-1 tokens after the anchor (the last committed
+token), the target runs once on [anchor, proposals] on top of its KV cache, verify-and-accept
+keeps a prefix and adds the target's own token, and the sequence advances by accepted + 1 (less if
+EOS or the length limit falls inside the block). Sequences advance by different amounts; nothing
+returns to the host inside the loop. With the `Autoregressive` drafter (K = 1) this is plain
+autoregressive decoding, so speedups compare the same code path.
+
+Every verify step is recorded in fixed-size per-sequence buffers (the trace Draft-OPD replays):
+the anchor position, accepted and committed counts, the proposals and the target's log-prob of
+each proposal from the verify pass.
+"""
+
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from draftopd_jax.decoding.sampling import SamplingConfig, sample
+from draftopd_jax.decoding.verify import verify
+from draftopd_jax.models import KVCache, ModelConfig, Params, forward
+
+
+@flax.struct.dataclass
+class Trace:
+  """Per sequence, per verify step n (unused steps: anchor -1, counts 0)."""
+
+  anchor_pos_BxN: jax.Array
+  accepted_BxN: jax.Array  # proposals the target accepted
+  committed_BxN: jax.Array  # tokens appended (accepted + 1, cut by EOS or the length limit)
+  proposals_BxNxK1: jax.Array
+  proposal_logprob_BxNxK1: jax.Array
+  num_steps_B: jax.Array
+
+  @classmethod
+  def create(cls, batch: int, steps: int, k: int) -> "Trace":
+    zeros = lambda *shape, dtype=jnp.int32: jnp.zeros((batch, steps) + shape, dtype)
+    return cls(anchor_pos_BxN=jnp.full((batch, steps), -1, jnp.int32), accepted_BxN=zeros(),
+               committed_BxN=zeros(), proposals_BxNxK1=zeros(k - 1),
+               proposal_logprob_BxNxK1=zeros(k - 1, dtype=jnp.float32),
+               num_steps_B=jnp.zeros((batch,), jnp.int32))
+
+
+@flax.struct.dataclass
+class DecodeState:
+  tokens_BxS: jax.Array  # prompt then generated tokens, left-aligned
+  prompt_lens_B: jax.Array
+  lengths_B: jax.Array  # committed tokens; the anchor is at lengths - 1
+  done_B: jax.Array
+  cache: KVCache
+  drafter_state: Any
+  rng: jax.Array
+  step: jax.Array  # verify steps run (the prefill's token is not a step)
+  trace: Trace
+
+
+def left_align(tokens_BxP: jax.Array, mask_BxP: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Moves each row's real tokens to the front, so left- and right-padded prompts look alike."""
+  order_BxP = jnp.argsort(~mask_BxP.astype(bool), axis=-1, stable=True)
+  return jnp.take_along_axis(tokens_BxP, order_BxP, axis=-1), mask_BxP.sum(-1).astype(jnp.int32)
+
+
+def _is_eos(tokens: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:
+  if not eos_ids:
+    return jnp.zeros(tokens.shape, bool)
+  return jnp.isin(tokens, jnp.asarray(eos_ids, jnp.int32))
+
+
+_STATICS = ("target_cfg", "drafter", "max_new_tokens", "sampling", "eos_ids", "verify_impl")
+
+
+@functools.partial(jax.jit, static_argnames=_STATICS[:5])
+def prefill(target_cfg: ModelConfig, target_params: Params, drafter, drafter_params,
+            prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, rng: jax.Array, *,
+            max_new_tokens: int, sampling: SamplingConfig, eos_ids: tuple[int, ...]) -> DecodeState:
+  """Runs the prompts through the target, commits the first new token, primes the drafter."""
+  b, p = prompt_BxP.shape
+  k = drafter.block_size
+  prompt_BxP, prompt_lens_B = left_align(prompt_BxP, prompt_mask_BxP)
+  # Room for a whole block past the last token: verify writes K slots from the anchor.
+  max_len = p + max_new_tokens + k
+  positions_BxP = jnp.broadcast_to(jnp.arange(p), (b, p))
+  out = forward(target_cfg, target_params, prompt_BxP, positions_BxP,
+                KVCache.create(target_cfg, b, max_len), drafter.layer_ids)
+  last_logits_BxV = jnp.take_along_axis(out.logits_BxTxV, (prompt_lens_B - 1)[:, None, None],
+                                        axis=1)[:, 0]
+  rng, key = jax.random.split(rng)
+  first_B = sample(last_logits_BxV, key, sampling)
+  tokens_BxS = jnp.zeros((b, max_len), jnp.int32).at[:, :p].set(prompt_BxP)
+  tokens_BxS = tokens_BxS.at[jnp.arange(b), prompt_lens_B].set(first_B)
+  lengths_B = prompt_lens_B + 1
+  drafter_state = drafter.init_state(drafter_params, b, max_len)
+  drafter_state = drafter.observe(drafter_params, (target_cfg, target_params), drafter_state,
+                                  tokens_BxS, positions_BxP, out.hidden_BxTxFxD, prompt_lens_B)
+  return DecodeState(tokens_BxS=tokens_BxS, prompt_lens_B=prompt_lens_B, lengths_B=lengths_B,
+                     done_B=_is_eos(first_B, eos_ids) | (max_new_tokens <= 1),
+                     cache=out.cache, drafter_state=drafter_state, rng=rng,
+                     step=jnp.zeros((), jnp.int32), trace=Trace.create(b, max_new_tokens, k))
+
+
+def _verify_step(target_cfg, target_params, drafter, drafter_params, s: DecodeState, *,
+                 max_new_tokens, sampling, eos_ids, verify_impl) -> DecodeState:
+  k = drafter.block_size
+  b = s.tokens_BxS.shape[0]
+  target = (target_cfg, target_params)
+  anchor_pos_B = s.lengths_B - 1
+  anchor_B = jnp.take_along_axis(s.tokens_BxS, anchor_pos_B[:, None], axis=1)[:, 0]
+  proposals_BxK1, drafter_state = drafter.propose(drafter_params, target, s.drafter_state,
+                                                  s.tokens_BxS, anchor_pos_B)
+  block_BxK = jnp.concatenate([anchor_B[:, None], proposals_BxK1], axis=1)
+  positions_BxK = anchor_pos_B[:, None] + jnp.arange(k)
+  out = forward(target_cfg, target_params, block_BxK, positions_BxK, s.cache, drafter.layer_ids)
+  rng, key = jax.random.split(s.rng)
+  seed = jax.lax.bitcast_convert_type(jax.random.bits(key, dtype=jnp.uint32), jnp.int32)
+  verdict = verify(out.logits_BxTxV, proposals_BxK1, seed, sampling, verify_impl)
+
+  # Commit the accepted proposals and the target's token, then cut at EOS and at the limit.
+  slots_K = jnp.arange(k)
+  new_BxK = jnp.where(slots_K < verdict.accepted_B[:, None],
+                      jnp.pad(proposals_BxK1, ((0, 0), (0, 1))), verdict.next_token_B[:, None])
+  count_B = verdict.accepted_B + 1
+  eos_BxK = _is_eos(new_BxK, eos_ids) & (slots_K < count_B[:, None])
+  count_B = jnp.where(eos_BxK.any(1), jnp.argmax(eos_BxK, axis=1) + 1, count_B)
+  room_B = max_new_tokens - (s.lengths_B - s.prompt_lens_B)
+  count_B = jnp.where(s.done_B, 0, jnp.minimum(count_B, room_B))
+  write_BxK = jnp.where(slots_K < count_B[:, None], s.lengths_B[:, None] + slots_K,
+                        s.tokens_BxS.shape[1])  # out of range: dropped
+  tokens_BxS = s.tokens_BxS.at[jnp.arange(b)[:, None], write_BxK].set(new_BxK, mode="drop")
+  lengths_B = s.lengths_B + count_B
+  hit_eos_B = (eos_BxK & (slots_K < count_B[:, None])).any(1)
+  done_B = s.done_B | hit_eos_B | (lengths_B - s.prompt_lens_B >= max_new_tokens)
+  drafter_state = drafter.observe(drafter_params, target, drafter_state, tokens_BxS,
+                                  positions_BxK, out.hidden_BxTxFxD, lengths_B - 1)
+
+  # Record the step for the sequences still running.
+  t = s.trace
+  n_B = jnp.where(s.done_B, t.anchor_pos_BxN.shape[1], t.num_steps_B)  # done rows: dropped
+  rows_B = jnp.arange(b)
+  trace = Trace(
+      anchor_pos_BxN=t.anchor_pos_BxN.at[rows_B, n_B].set(anchor_pos_B, mode="drop"),
+      accepted_BxN=t.accepted_BxN.at[rows_B, n_B].set(verdict.accepted_B, mode="drop"),
+      committed_BxN=t.committed_BxN.at[rows_B, n_B].set(count_B, mode="drop"),
+      proposals_BxNxK1=t.proposals_BxNxK1.at[rows_B, n_B].set(proposals_BxK1, mode="drop"),
+      proposal_logprob_BxNxK1=t.proposal_logprob_BxNxK1.at[rows_B, n_B].set(
+          verdict.proposal_logprob_BxK1, mode="drop"),
+      num_steps_B=t.num_steps_B + (~s.done_B))
+  return DecodeState(tokens_BxS=tokens_BxS, prompt_lens_B=s.prompt_lens_B, lengths_B=lengths_B,
+                     done_B=done_B, cache=out.cache, drafter_state=drafter_state, rng=rng,
+                     step=s.step + 1, trace=trace)
+
+
+@functools.partial(jax.jit, static_argnames=_STATICS, donate_argnames=("state",))
+def decode(target_cfg: ModelConfig, target_params: Params, drafter, drafter_params,
+           state: DecodeState, stop_step: jax.Array, *, max_new_tokens: int,
+           sampling: SamplingConfig, eos_ids: tuple[int, ...], verify_impl: str = "auto"
+           ) -> DecodeState:
+  """Runs verify steps until every sequence is done or `state.step` reaches `stop_step`."""
+  body = functools.partial(_verify_step, target_cfg, target_params, drafter, drafter_params,
+                           max_new_tokens=max_new_tokens, sampling=sampling, eos_ids=eos_ids,
+                           verify_impl=verify_impl)
+  return jax.lax.while_loop(lambda s: ~jnp.all(s.done_B) & (s.step < stop_step), body, state)
+
+
+def run(target_cfg: ModelConfig, target_params: Params, prompt_BxP: np.ndarray,
+        prompt_mask_BxP: np.ndarray, *, drafter=None, drafter_params=None, max_new_tokens: int,
+        sampling: SamplingConfig = SamplingConfig(), eos_ids: tuple[int, ...] = (), seed: int = 0,
+        progress=None, chunk: int | None = None, verify_impl: str = "auto") -> DecodeState:
+  """Decodes a batch to completion and returns the final state (tokens, lengths, trace).
+
+  Without a drafter this is autoregressive decoding. With `progress` (anything with
+  `update(n)`, such as tqdm) the loop returns to the host every `chunk` steps (default 16) to
+  report the tokens committed so far.
+  """
+  from draftopd_jax.decoding.drafters import Autoregressive
+
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+  drafter = drafter or Autoregressive()
+  statics = dict(max_new_tokens=max_new_tokens, sampling=sampling, eos_ids=tuple(eos_ids))
+  state = prefill(target_cfg, target_params, drafter, drafter_params,
+                  jnp.asarray(prompt_BxP, jnp.int32), jnp.asarray(prompt_mask_BxP, bool),
+                  jax.random.key(seed), **statics)
+  chunk = chunk or (16 if progress is not None else max_new_tokens)
+  reported = 0
+  while True:
+    state = decode(target_cfg, target_params, drafter, drafter_params, state, state.step + chunk,
+                   verify_impl=verify_impl, **statics)
+    if progress is not None:
+      committed = int(jnp.sum(state.lengths_B - state.prompt_lens_B))
+      progress.update(committed - reported)
+      reported = committed
+    if bool(jnp.all(state.done_B)):
+      return state
+
+
+def new_tokens(state: DecodeState) -> list[list[int]]:
+  """Each row's generated tokens (EOS included)."""
+  tokens_BxS, prompt_lens_B, lengths_B = jax.device_get(
+      (state.tokens_BxS, state.prompt_lens_B, state.lengths_B))
+  return [row[p:n].tolist() for row, p, n in zip(tokens_BxS, prompt_lens_B, lengths_B)]

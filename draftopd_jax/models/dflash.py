@@ -1,0 +1,205 @@
+"""DFlash block drafter (arXiv 2602.06036): one parallel pass proposes K-1 tokens.
+
+The block input is the target's embedding of [anchor, MASK x (K-1)] at positions anchor..anchor+K-1.
+Target hidden states from F layers are fused, `context = norm(fc(concat(features)))`, and enter
+every drafter layer only as extra keys/values (each layer projects them with its own K/V weights).
+A block sees the context strictly before its anchor and, bidirectionally, its own slots; output
+goes through the target's final norm and LM head (shared, frozen, never copied).
+
+`block_logits` serves inference (one block per sequence) and training (many blocks per sequence,
+each with its own anchor) alike.
+"""
+
+import dataclasses
+import functools
+
+import flax
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from draftopd_jax.models import transformer
+from draftopd_jax.models.config import ModelConfig
+from draftopd_jax.models.layers import SwiGLU, RMSNorm, linear
+from draftopd_jax.models.rope import apply_rope, inverse_frequencies
+
+
+def default_layer_ids(num_target_layers: int, count: int) -> tuple[int, ...]:
+  """`count` target layers uniformly spaced in [1, L-3] (the middle one when count is 1)."""
+  if count == 1:
+    return (num_target_layers // 2,)
+  span = num_target_layers - 4
+  return tuple(int(round(1 + i * span / (count - 1))) for i in range(count))
+
+
+@dataclasses.dataclass(frozen=True)
+class DFlashConfig:
+  """Drafter shapes; hidden size, heads and RoPE follow the target it was made for."""
+
+  num_layers: int
+  block_size: int  # K: the anchor slot plus K-1 proposals
+  target_layer_ids: tuple[int, ...]
+  mask_token_id: int
+  layer: ModelConfig  # per-layer shapes (Qwen3-style: q/k norm), hidden size = target's
+
+  @classmethod
+  def for_target(cls, target: ModelConfig, *, num_layers: int = 2, block_size: int = 8,
+                 mask_token_id: int, target_layer_ids: tuple[int, ...] | None = None
+                 ) -> "DFlashConfig":
+    if block_size < 2:
+      raise ValueError(f"block_size must be >= 2 (anchor + proposals), got {block_size}")
+    ids = tuple(target_layer_ids or default_layer_ids(target.num_layers, num_layers))
+    layer = target.replace(family="qwen3", qk_norm=True, qkv_bias=False, o_bias=False,
+                           num_layers=num_layers)
+    return cls(num_layers=num_layers, block_size=block_size, target_layer_ids=ids,
+               mask_token_id=mask_token_id, layer=layer)
+
+  def to_dict(self) -> dict:
+    return {"num_layers": self.num_layers, "block_size": self.block_size,
+            "target_layer_ids": list(self.target_layer_ids), "mask_token_id": self.mask_token_id,
+            "layer": self.layer.to_dict()}
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "DFlashConfig":
+    return cls(num_layers=d["num_layers"], block_size=d["block_size"],
+               target_layer_ids=tuple(d["target_layer_ids"]), mask_token_id=d["mask_token_id"],
+               layer=ModelConfig.from_dict(d["layer"]))
+
+
+class DFlashLayer(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    d, h = cfg.hidden_size, cfg.head_dim
+    self.attn_norm = RMSNorm(d, cfg.rms_norm_eps, cfg.jnp_dtype)
+    self.q = linear(d, cfg.num_heads * h, False, cfg, rngs)
+    self.k = linear(d, cfg.num_kv_heads * h, False, cfg, rngs)
+    self.v = linear(d, cfg.num_kv_heads * h, False, cfg, rngs)
+    self.o = linear(cfg.num_heads * h, d, False, cfg, rngs)
+    self.q_norm = RMSNorm(h, cfg.rms_norm_eps, cfg.jnp_dtype)
+    self.k_norm = RMSNorm(h, cfg.rms_norm_eps, cfg.jnp_dtype)
+    self.mlp_norm = RMSNorm(d, cfg.rms_norm_eps, cfg.jnp_dtype)
+    self.mlp = SwiGLU(cfg, rngs)
+    self.cfg = cfg
+
+  def keys_values(self, x_BxTxD, positions_BxT, rope):
+    """RoPE'd keys and values of `x` (context features or normed block states)."""
+    cfg = self.cfg
+    b, t, _ = x_BxTxD.shape
+    k_BxTxKxH = self.k_norm(self.k(x_BxTxD).reshape(b, t, cfg.num_kv_heads, cfg.head_dim))
+    v_BxTxKxH = self.v(x_BxTxD).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    return apply_rope(k_BxTxKxH, positions_BxT, *rope), v_BxTxKxH
+
+  def __call__(self, x_BxNxKxD, anchor_pos_BxN, ctx_k_BxSxKxH, ctx_v_BxSxKxH, rope):
+    cfg = self.cfg
+    b, n, k, d = x_BxNxKxD.shape
+    groups = cfg.num_heads // cfg.num_kv_heads
+    positions_BxNK = (anchor_pos_BxN[:, :, None] + jnp.arange(k)).reshape(b, n * k)
+    normed_BxNKxD = self.attn_norm(x_BxNxKxD).reshape(b, n * k, d)
+    q = self.q_norm(self.q(normed_BxNKxD).reshape(b, n * k, cfg.num_heads, cfg.head_dim))
+    q = apply_rope(q, positions_BxNK, *rope).reshape(b, n, k, cfg.num_kv_heads, groups,
+                                                     cfg.head_dim)
+    blk_k, blk_v = self.keys_values(normed_BxNKxD, positions_BxNK, rope)
+    blk_k = blk_k.reshape(b, n, k, cfg.num_kv_heads, cfg.head_dim)
+    blk_v = blk_v.reshape(b, n, k, cfg.num_kv_heads, cfg.head_dim)
+
+    scale = cfg.head_dim**-0.5
+    ctx_scores = jnp.einsum("bnqcgh,bsch->bncgqs", q, ctx_k_BxSxKxH,
+                            preferred_element_type=jnp.float32) * scale
+    before_anchor_BxNxS = jnp.arange(ctx_k_BxSxKxH.shape[1]) < anchor_pos_BxN[:, :, None]
+    ctx_scores = jnp.where(before_anchor_BxNxS[:, :, None, None, None], ctx_scores, -jnp.inf)
+    blk_scores = jnp.einsum("bnqcgh,bnkch->bncgqk", q, blk_k,
+                            preferred_element_type=jnp.float32) * scale
+    probs = jax.nn.softmax(jnp.concatenate([ctx_scores, blk_scores], axis=-1), axis=-1)
+    s = ctx_k_BxSxKxH.shape[1]
+    probs = probs.astype(ctx_v_BxSxKxH.dtype)
+    out = (jnp.einsum("bncgqs,bsch->bnqcgh", probs[..., :s], ctx_v_BxSxKxH)
+           + jnp.einsum("bncgqk,bnkch->bnqcgh", probs[..., s:], blk_v))
+    x_BxNxKxD = x_BxNxKxD + self.o(out.reshape(b, n, k, cfg.num_heads * cfg.head_dim))
+    return x_BxNxKxD + self.mlp(self.mlp_norm(x_BxNxKxD))
+
+
+class DFlash(nnx.Module):
+
+  def __init__(self, cfg: DFlashConfig, *, rngs: nnx.Rngs):
+    d = cfg.layer.hidden_size
+    self.fc = linear(len(cfg.target_layer_ids) * d, d, False, cfg.layer, rngs)
+    self.context_norm = RMSNorm(d, cfg.layer.rms_norm_eps, cfg.layer.jnp_dtype)
+
+    @nnx.split_rngs(splits=cfg.num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def stacked_layers(rngs: nnx.Rngs) -> DFlashLayer:
+      return DFlashLayer(cfg.layer, rngs)
+
+    self.layers = stacked_layers(rngs)
+    self.cfg = cfg
+
+  def context_kv(self, features_BxTxFxD, positions_BxT):
+    """Per-layer context keys/values [L, B, T, Kv, H] from target features at their positions."""
+    b, t, f, d = features_BxTxFxD.shape
+    context_BxTxD = self.context_norm(self.fc(features_BxTxFxD.reshape(b, t, f * d)))
+    rope = inverse_frequencies(self.cfg.layer)
+    graph, state = nnx.split(self.layers)
+    return jax.vmap(lambda s: nnx.merge(graph, s).keys_values(context_BxTxD, positions_BxT, rope)
+                    )(state)
+
+  def __call__(self, x_BxNxKxD, anchor_pos_BxN, ctx_k_LxBxSxKxH, ctx_v_LxBxSxKxH):
+    rope = inverse_frequencies(self.cfg.layer)
+    graph, state = nnx.split(self.layers)
+
+    def one_layer(x, per_layer):
+      layer_state, ctx_k, ctx_v = per_layer
+      return nnx.merge(graph, layer_state)(x, anchor_pos_BxN, ctx_k, ctx_v, rope), None
+
+    x_BxNxKxD, _ = jax.lax.scan(one_layer, x_BxNxKxD, (state, ctx_k_LxBxSxKxH, ctx_v_LxBxSxKxH))
+    return x_BxNxKxD
+
+
+@flax.struct.dataclass
+class ContextCache:
+  """The drafter's per-layer context keys/values; slot p holds target position p."""
+
+  k_LxBxSxKxH: jax.Array
+  v_LxBxSxKxH: jax.Array
+
+  @classmethod
+  def create(cls, cfg: DFlashConfig, batch: int, max_len: int) -> "ContextCache":
+    c = cfg.layer
+    shape = (cfg.num_layers, batch, max_len, c.num_kv_heads, c.head_dim)
+    return cls(jnp.zeros(shape, c.jnp_dtype), jnp.zeros(shape, c.jnp_dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def _graph(cfg: DFlashConfig):
+  return nnx.split(nnx.eval_shape(lambda: DFlash(cfg, rngs=nnx.Rngs(0))))[0]
+
+
+def init_params(cfg: DFlashConfig, seed: int = 0) -> dict:
+  return nnx.to_pure_dict(nnx.state(DFlash(cfg, rngs=nnx.Rngs(seed))))
+
+
+def write_context(cfg: DFlashConfig, params: dict, cache: ContextCache,
+                  features_BxTxFxD: jax.Array, positions_BxT: jax.Array) -> ContextCache:
+  """Adds target features at `positions_BxT` to the context (slots past the cache are dropped)."""
+  k_new, v_new = nnx.merge(_graph(cfg), params).context_kv(features_BxTxFxD, positions_BxT)
+  batch_Bx1 = jnp.arange(positions_BxT.shape[0])[:, None]
+  write = lambda cache_LxBxSxKxH, new_LxBxTxKxH: cache_LxBxSxKxH.at[:, batch_Bx1, positions_BxT].set(
+      new_LxBxTxKxH, mode="drop")
+  return ContextCache(write(cache.k_LxBxSxKxH, k_new), write(cache.v_LxBxSxKxH, v_new))
+
+
+def block_logits(cfg: DFlashConfig, params: dict, target_cfg: ModelConfig, target_params: dict,
+                 anchor_tokens_BxN: jax.Array, anchor_pos_BxN: jax.Array,
+                 cache: ContextCache) -> jax.Array:
+  """Logits [B, N, K, V] of N blocks per sequence, block n anchored at `anchor_pos_BxN[:, n]`.
+
+  Slot k's logits predict the token at anchor + k (slot 0's are unused by decoding).
+  """
+  b, n = anchor_tokens_BxN.shape
+  k = cfg.block_size
+  tokens_BxNxK = jnp.concatenate(
+      [anchor_tokens_BxN[..., None], jnp.full((b, n, k - 1), cfg.mask_token_id, jnp.int32)], -1)
+  target = transformer.bind(target_cfg, target_params)
+  x_BxNxKxD = target.embed(tokens_BxNxK)
+  x_BxNxKxD = nnx.merge(_graph(cfg), params)(x_BxNxKxD, anchor_pos_BxN, cache.k_LxBxSxKxH,
+                                             cache.v_LxBxSxKxH)
+  return target.logits(x_BxNxKxD)

@@ -1,0 +1,201 @@
+"""Speculative decoding on tiny random models: lossless greedy and sampling, the trace against a
+slow re-implementation, and the DFlash block mask."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from draftopd_jax.decoding import engine
+from draftopd_jax.decoding.completions import pad_batch
+from draftopd_jax.decoding.drafters import DFlashDrafter, Eagle3Drafter, Oracle
+from draftopd_jax.decoding.sampling import SamplingConfig, filtered_logits
+from draftopd_jax.models import KVCache, ModelConfig, dflash, eagle3, forward, init_params
+
+CFG = ModelConfig(family="qwen3", vocab_size=53, hidden_size=32, num_layers=4, num_heads=4,
+                  num_kv_heads=2, head_dim=8, intermediate_size=64, qk_norm=True)
+PARAMS = jax.tree.map(lambda x: x * 4, init_params(CFG, seed=3))
+PROMPTS = [[5, 9, 2, 7], [11, 3, 8, 1, 4, 6, 10, 12, 13], [20]]
+K = 4
+
+
+def make_drafter(kind: str, cfg=CFG, k=K, seed=0, scale=3.0):
+  """An untrained drafter; `scale` multiplies the DFlash weights (sharper, more varied output)."""
+  if kind == "dflash":
+    c = dflash.DFlashConfig.for_target(cfg, num_layers=2, block_size=k,
+                                       mask_token_id=cfg.vocab_size - 1)
+    return DFlashDrafter(c), jax.tree.map(lambda x: x * scale, dflash.init_params(c, seed))
+  c = eagle3.Eagle3Config.for_target(cfg, block_size=k, draft_vocab_size=cfg.vocab_size - 5)
+  d2t = eagle3.build_draft_vocab(np.arange(cfg.vocab_size)[::-1], c.draft_vocab_size)
+  return Eagle3Drafter(c), {"model": eagle3.init_params(c, seed), "d2t": jnp.asarray(d2t)}
+
+
+@pytest.fixture(scope="module")
+def autoregressive():
+  tokens, mask = pad_batch(PROMPTS, pad_id=0)
+  return engine.run(CFG, PARAMS, tokens, mask, max_new_tokens=24)
+
+
+def oracle_params(state, width=256):
+  buffer = np.zeros((state.tokens_BxS.shape[0], width), np.int32)
+  buffer[:, :state.tokens_BxS.shape[1]] = np.asarray(state.tokens_BxS)
+  return jnp.asarray(buffer)
+
+
+@pytest.mark.parametrize("kind", ["dflash", "eagle3"])
+@pytest.mark.parametrize("left", [False, True])
+def test_untrained_drafters_are_lossless(autoregressive, kind, left):
+  tokens, mask = pad_batch(PROMPTS, pad_id=0, left=left)
+  drafter, params = make_drafter(kind)
+  state = engine.run(CFG, PARAMS, tokens, mask, drafter=drafter, drafter_params=params,
+                     max_new_tokens=24)
+  assert engine.new_tokens(state) == engine.new_tokens(autoregressive)
+
+
+def test_oracle_accepts_everything(autoregressive):
+  tokens, mask = pad_batch(PROMPTS, pad_id=0)
+  state = engine.run(CFG, PARAMS, tokens, mask, drafter=Oracle(block_size=K),
+                     drafter_params=oracle_params(autoregressive), max_new_tokens=24)
+  assert engine.new_tokens(state) == engine.new_tokens(autoregressive)
+  steps = np.asarray(state.trace.num_steps_B)
+  assert steps.tolist() == [6, 6, 6]  # 23 tokens after the prefill's one: 5 full blocks + 1
+  np.testing.assert_array_equal(np.asarray(state.trace.accepted_BxN)[:, :6], K - 1)
+  np.testing.assert_array_equal(np.asarray(state.trace.committed_BxN)[:, :6],
+                                [[4, 4, 4, 4, 4, 3]] * 3)
+
+
+def test_eos_inside_a_block_cuts_the_commit(autoregressive):
+  reference = engine.new_tokens(autoregressive)
+  eos = reference[0][6]  # lands mid-block for the oracle (blocks commit 4 tokens)
+  tokens, mask = pad_batch(PROMPTS, pad_id=0)
+  ar = engine.run(CFG, PARAMS, tokens, mask, max_new_tokens=24, eos_ids=(eos,))
+  spec = engine.run(CFG, PARAMS, tokens, mask, drafter=Oracle(block_size=K),
+                    drafter_params=oracle_params(autoregressive), max_new_tokens=24,
+                    eos_ids=(eos,))
+  assert engine.new_tokens(spec) == engine.new_tokens(ar)
+  assert engine.new_tokens(spec)[0] == reference[0][:reference[0].index(eos) + 1]
+
+
+# A 6-token vocabulary: an untrained drafter then agrees with the target often enough to
+# exercise partial acceptance, and sampled distributions have few cells.
+SMALL = CFG.replace(vocab_size=6)
+SMALL_PARAMS = jax.tree.map(lambda x: x * 2, init_params(SMALL, seed=5))
+SMALL_PROMPTS = [[1, 2, 3, 4, 0], [5, 1]]
+
+
+def slow_dflash_rollout(drafter, params, prompt, steps):
+  """Greedy DFlash speculative decoding with every pass recomputed from scratch."""
+  cfg, k = drafter.cfg, drafter.block_size
+  full = lambda toks: forward(SMALL, SMALL_PARAMS, jnp.asarray([toks]), jnp.arange(len(toks))[None],
+                              KVCache.create(CFG, 1, len(toks)), cfg.target_layer_ids)
+  seq = list(prompt)
+  seq.append(int(jnp.argmax(full(seq).logits_BxTxV[0, -1])))
+  records = []
+  for _ in range(steps):
+    anchor = len(seq) - 1
+    features = full(seq).hidden_BxTxFxD[:, :anchor]
+    cache = dflash.write_context(cfg, params, dflash.ContextCache.create(cfg, 1, 64), features,
+                                 jnp.arange(anchor)[None])
+    logits = dflash.block_logits(cfg, params, SMALL, SMALL_PARAMS, jnp.asarray([[seq[-1]]]),
+                                 jnp.asarray([[anchor]]), cache)
+    proposals = [int(t) for t in jnp.argmax(logits[0, 0, 1:], -1)]
+    verify_logits = full(seq + proposals).logits_BxTxV[0, anchor:]
+    target = [int(t) for t in jnp.argmax(verify_logits, -1)]
+    accepted = 0
+    while accepted < k - 1 and proposals[accepted] == target[accepted]:
+      accepted += 1
+    logprobs = jax.nn.log_softmax(verify_logits[:-1], -1)
+    records.append((anchor, accepted, proposals,
+                    [float(logprobs[j, t]) for j, t in enumerate(proposals)]))
+    seq += proposals[:accepted] + [target[accepted]]
+  return records
+
+
+def test_trace_matches_a_slow_python_rollout():
+  # This seed and scale give steps with 0, some and all proposals accepted.
+  drafter, params = make_drafter("dflash", cfg=SMALL, k=5, scale=0.9)
+  tokens, mask = pad_batch(SMALL_PROMPTS, pad_id=0)
+  state = engine.run(SMALL, SMALL_PARAMS, tokens, mask, drafter=drafter, drafter_params=params,
+                     max_new_tokens=40)
+  t = jax.device_get(state.trace)
+  accepted_seen = set()
+  for row, prompt in enumerate(SMALL_PROMPTS):
+    records = slow_dflash_rollout(drafter, params, prompt, steps=6)
+    for n, (anchor, accepted, proposals, logprobs) in enumerate(records):
+      assert t.anchor_pos_BxN[row, n] == anchor
+      assert t.accepted_BxN[row, n] == accepted
+      assert t.proposals_BxNxK1[row, n].tolist() == proposals
+      np.testing.assert_allclose(t.proposal_logprob_BxNxK1[row, n], logprobs, atol=1e-4)
+      accepted_seen.add(accepted)
+  assert len(accepted_seen) >= 3  # bookkeeping exercised beyond all-rejected blocks
+
+
+# A flatter target for sampling: many cells with real probability mass.
+FLAT_PARAMS = init_params(SMALL, seed=5)
+
+
+def exact_joint(prompt, sampling, length):
+  """P(first `length` new tokens) of the flat target, by enumerating every prefix."""
+  def next_probs(seqs):
+    t = len(seqs[0])
+    out = forward(SMALL, FLAT_PARAMS, jnp.asarray(seqs), jnp.broadcast_to(jnp.arange(t), (len(seqs), t)),
+                  KVCache.create(SMALL, len(seqs), t))
+    return np.asarray(jax.nn.softmax(filtered_logits(out.logits_BxTxV[:, -1], sampling), -1))
+
+  joint = {(): 1.0}
+  for _ in range(length):
+    prefixes = list(joint)
+    probs = next_probs([list(prompt) + list(p) for p in prefixes])
+    joint = {p + (v,): joint[p] * probs[i, v] for i, p in enumerate(prefixes)
+             for v in range(SMALL.vocab_size)}
+  return joint
+
+
+@pytest.mark.parametrize("sampling", [SamplingConfig(temperature=1.0),
+                                      SamplingConfig(temperature=0.7, top_k=4, top_p=0.9)],
+                         ids=["t1", "t0.7-topk-topp"])
+def test_speculative_sampling_matches_the_target_distribution(sampling):
+  """Chi-square of the first three new tokens (prefill token + one verify block) against the
+  target's exact joint distribution, with a drafter that often disagrees with the target."""
+  n = 6000
+  prompt = SMALL_PROMPTS[0]
+  tokens, mask = pad_batch([prompt] * n, pad_id=0)
+  drafter, params = make_drafter("dflash", cfg=SMALL, k=3, seed=1)
+  state = engine.run(SMALL, FLAT_PARAMS, tokens, mask, drafter=drafter, drafter_params=params,
+                     max_new_tokens=3, sampling=sampling, seed=11)
+  t = jax.device_get(state.trace)
+  assert 0 < t.accepted_BxN[:, 0].mean() < 2  # both acceptances and rejections happened
+  samples = [tuple(r) for r in engine.new_tokens(state)]
+  joint = exact_joint(prompt, sampling, 3)
+  cells = sorted(joint, key=joint.get, reverse=True)
+  expected = np.array([joint[c] * n for c in cells], np.float64)
+  observed = np.array([samples.count(c) for c in cells], float)
+  assert observed[expected == 0].sum() == 0  # nothing the filters rule out is ever produced
+  big, rare = expected >= 5, (expected > 0) & (expected < 5)
+  # Pool the rare cells so the chi-square approximation holds.
+  pool = lambda x: np.append(x[big], x[rare].sum()) if rare.any() else x[big]
+  expected, observed = pool(expected), pool(observed)
+  assert observed.sum() == n
+  expected *= n / expected.sum()  # float rounding of the enumerated probabilities
+  assert stats.chisquare(observed, expected).pvalue > 1e-3
+
+
+def test_dflash_block_sees_only_context_before_its_anchor():
+  drafter, params = make_drafter("dflash")
+  cfg = drafter.cfg
+  rng = np.random.default_rng(0)
+  features = jnp.asarray(rng.normal(size=(1, 20, len(cfg.target_layer_ids), CFG.hidden_size)),
+                         jnp.float32)
+  write = lambda f: dflash.write_context(cfg, params, dflash.ContextCache.create(cfg, 1, 32), f,
+                                         jnp.arange(20)[None])
+  logits = lambda cache, anchors: dflash.block_logits(cfg, params, CFG, PARAMS, anchors,
+                                                      jnp.asarray([[8, 15]]), cache)
+  base = logits(write(features), jnp.asarray([[3, 4]]))
+  # Context at/after block 0's anchor (8) and block 1's anchor token: block 0 must not change.
+  changed = logits(write(features.at[:, 8:].add(1.0)), jnp.asarray([[3, 9]]))
+  np.testing.assert_allclose(changed[:, 0], base[:, 0], atol=1e-5)
+  assert not np.allclose(changed[:, 1], base[:, 1], atol=1e-3)
+  # Context strictly before the anchor does matter (the test above is not vacuous).
+  earlier = logits(write(features.at[:, 7].add(1.0)), jnp.asarray([[3, 4]]))
+  assert not np.allclose(earlier[:, 0], base[:, 0], atol=1e-3)
