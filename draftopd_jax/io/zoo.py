@@ -132,10 +132,12 @@ def load_model(name_or_path: str, dtype: str = "float32",
   path = resolve(name_or_path)
   if path.is_dir():
     cfg, params = load_hf_folder(path, dtype)
-    return LoadedModel(cfg, params, Tokenizer.from_hf_folder(path), str(path))
-  if path.suffix != ".gguf":
+    tokenizer = Tokenizer.from_hf_folder(path)
+  elif path.suffix == ".gguf":
+    cfg, params, tokenizer = _load_gguf_cached(path, pathlib.Path(cache_dir or default_cache_dir()))
+    cfg = cfg.replace(dtype=dtype)
+  else:
     raise UserError(f"{path} is neither a Hugging Face folder nor a .gguf file")
-  cfg, params, tokenizer = _load_gguf_cached(path, pathlib.Path(cache_dir or default_cache_dir()))
-  cfg = cfg.replace(dtype=dtype)
-  params = jax.tree.map(lambda x: np.asarray(x).astype(cfg.jnp_dtype), params)
+  # On the device once: host arrays would be copied again by every jitted call.
+  params = jax.device_put(jax.tree.map(lambda x: np.asarray(x, cfg.jnp_dtype), params))
   return LoadedModel(cfg, params, tokenizer, str(path))
