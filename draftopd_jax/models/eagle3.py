@@ -45,6 +45,15 @@ class Eagle3Config:
                target_layer_ids=tuple(target_layer_ids or default_layer_ids(target.num_layers)),
                draft_vocab_size=draft_vocab_size, layer=layer)
 
+  def to_dict(self) -> dict:
+    return {"block_size": self.block_size, "target_layer_ids": list(self.target_layer_ids),
+            "draft_vocab_size": self.draft_vocab_size, "layer": self.layer.to_dict()}
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "Eagle3Config":
+    return cls(block_size=d["block_size"], target_layer_ids=tuple(d["target_layer_ids"]),
+               draft_vocab_size=d["draft_vocab_size"], layer=ModelConfig.from_dict(d["layer"]))
+
 
 class Eagle3(nnx.Module):
 

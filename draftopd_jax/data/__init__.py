@@ -1,0 +1,1 @@
+"""Prompt sources (ShareGPT, HumanEval, MT-Bench) and the deterministic held-out split."""
