@@ -10,7 +10,8 @@ All settings run interleaved on the same prompts; figures are medians over runs.
   decode phase only (prefill excluded).
 * efficiency = speedup / tau; ceiling_fraction = speedup / (tau / c(K)).
 
-  python benchmarks/spec_decode_speed.py [--runs 5] [--new_tokens 128] [--ks 4 8 16]
+  python benchmarks/spec_decode_speed.py [--runs 5] [--new_tokens 128] [--ks 4 8 16] \
+      [--drafter CHECKPOINT_DIR]   # also measure a saved drafter (its own tau)
 
 The last line printed is JSON.
 """
@@ -29,6 +30,8 @@ from draftopd_jax.decoding.completions import encode_prompts
 from draftopd_jax.decoding.drafters import Autoregressive, Oracle
 from draftopd_jax.decoding.sampling import SamplingConfig
 from draftopd_jax.io import load_model
+from draftopd_jax.evaluation.run import timed_decode
+from draftopd_jax.io.drafter_checkpoint import load_drafter
 from draftopd_jax.models import forward
 
 PROMPTS = ["Write a Python function that checks whether a string is a palindrome.",
@@ -37,18 +40,10 @@ PROMPTS = ["Write a Python function that checks whether a string is a palindrome
 
 
 def decode_rate(model, ids, drafter, drafter_params, new_tokens):
-  """Decode-phase tokens/s and the trace of one batch-1 run."""
-  statics = dict(max_new_tokens=new_tokens, sampling=SamplingConfig(), eos_ids=())
-  tokens, mask = np.asarray([ids], np.int32), np.ones((1, len(ids)), bool)
-  state = engine.prefill(model.cfg, model.params, drafter, drafter_params, tokens, mask,
-                         jax.random.key(0), **statics)
-  jax.block_until_ready(state)
-  start = time.perf_counter()
-  state = engine.decode(model.cfg, model.params, drafter, drafter_params, state,
-                        jnp.int32(new_tokens), **statics)
-  jax.block_until_ready(state)
-  seconds = time.perf_counter() - start
-  generated = int(state.lengths_B[0] - state.prompt_lens_B[0]) - 1  # minus the prefill's token
+  """Decode-phase tokens/s and the final state of one batch-1 run (EOS ignored)."""
+  seconds, generated, state = timed_decode(model, np.asarray([ids], np.int32),
+                                           np.ones((1, len(ids)), bool), drafter, drafter_params,
+                                           new_tokens, eos_ids=())
   return generated / seconds, state
 
 
@@ -77,6 +72,7 @@ def main() -> None:
   parser.add_argument("--runs", type=int, default=5)
   parser.add_argument("--new_tokens", type=int, default=128)
   parser.add_argument("--ks", type=int, nargs="+", default=[4, 8, 16])
+  parser.add_argument("--drafter", help="a drafter checkpoint directory to measure as well")
   args = parser.parse_args()
 
   model = load_model("smollm2-135m-instruct")
@@ -88,12 +84,18 @@ def main() -> None:
     oracles.append(jnp.pad(state.tokens_BxS, ((0, 0), (0, max(args.ks)))))
 
   settings = [("autoregressive", 1)] + [(f"oracle_k{k}", k) for k in args.ks]
+  trained = load_drafter(args.drafter, model.cfg) if args.drafter else None
+  if trained:
+    settings.append(("drafter", trained[0].block_size))
   rates = {name: [] for name, _ in settings}
   taus = {name: [] for name, _ in settings}
   for run in range(args.runs + 1):  # run 0 is the warm-up (compilation)
     for name, k in settings:
       for ids, oracle in zip(prompts, oracles):
-        drafter, params = (Autoregressive(), None) if k == 1 else (Oracle(block_size=k), oracle)
+        if name == "drafter":
+          drafter, params = trained
+        else:
+          drafter, params = (Autoregressive(), None) if k == 1 else (Oracle(block_size=k), oracle)
         rate, state = decode_rate(model, ids, drafter, params, args.new_tokens)
         if run:
           steps = int(state.trace.num_steps_B[0])
@@ -111,7 +113,7 @@ def main() -> None:
     c = step_cost(model, prompt_len, k) / one_token
     tau = statistics.mean(taus[name])
     speedup = statistics.median(rates[name]) / ar_rate
-    rows.append({"k": k, "tau": round(tau, 3), "step_cost_ratio": round(c, 3),
+    rows.append({"setting": name, "k": k, "tau": round(tau, 3), "step_cost_ratio": round(c, 3),
                  "speedup": round(speedup, 3), "efficiency": round(speedup / tau, 3),
                  "ceiling_fraction": round(speedup / (tau / c), 3),
                  "tokens_per_s": round(statistics.median(rates[name]), 1)})

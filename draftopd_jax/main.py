@@ -8,7 +8,7 @@ import json
 import pathlib
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from draftopd_jax.errors import UserError
@@ -59,12 +59,19 @@ def run_generate(config, workdir: str | None) -> None:
         f.write(json.dumps({"prompt": prompt, "completion": completion}) + "\n")
 
 
-MODES = {"generate": run_generate}
+def run_eval(config, workdir: str | None) -> None:
+  from draftopd_jax.evaluation.run import run_eval as evaluate
+
+  evaluate(config, workdir)
+
+
+MODES = {"generate": run_generate, "eval": run_eval}
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.WARNING)  # keep library INFO chatter off stderr
   config = _CONFIG.value
   try:
     if config.get("mode") not in MODES:

@@ -98,3 +98,9 @@ def test_generate_job_on_the_real_model(tmp_path):
   assert [r["prompt"] for r in rows] == ["What is the capital of France?", "Say hi."]
   assert "Paris" in rows[0]["completion"]
   assert "### completion" in result.stdout
+
+
+def test_eval_needs_a_workdir_and_a_known_drafter(tmp_path):
+  assert_one_line_error(run_cli(config="configs/eval.py:quick"), "--workdir")
+  assert_one_line_error(run_cli("--config.drafter.kind=medusa", f"--workdir={tmp_path}",
+                                config="configs/eval.py:quick"), "medusa")

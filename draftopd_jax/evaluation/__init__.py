@@ -1,0 +1,1 @@
+"""Acceptance metrics, speed measurement and plots for drafters."""

@@ -1,0 +1,43 @@
+"""Acceptance metrics from decoding traces (conventions: DESIGN §2).
+
+A verify step's acceptance length is accepted + 1 (the target's own token counts). tau is the
+mean over responses of each response's mean (macro); the token-weighted variant pools all steps.
+Per-position acceptance: `reach_rate[j]` = share of steps whose proposal j was accepted (j = 1 is
+the first proposal); `conditional_rate[j]` = the same among steps that got as far as j.
+"""
+
+import numpy as np
+
+
+def acceptance_lengths(trace) -> list[np.ndarray]:
+  """Per response, the acceptance length of each verify step it took."""
+  accepted = np.asarray(trace.accepted_BxN)
+  steps = np.asarray(trace.num_steps_B)
+  return [accepted[b, :steps[b]] + 1 for b in range(len(steps))]
+
+
+def summarize(lengths: list[np.ndarray], block_size: int) -> dict:
+  """tau (macro and token-weighted), per-position rates and the histogram of lengths."""
+  lengths = [l for l in lengths if len(l)]
+  if not lengths:
+    return {"tau": float("nan"), "tau_token_weighted": float("nan"), "num_steps": 0,
+            "reach_rate": [], "conditional_rate": [], "length_histogram": [0] * block_size}
+  pooled = np.concatenate(lengths)
+  accepted = pooled - 1
+  reach = [float(np.mean(accepted >= j)) for j in range(1, block_size)]
+  conditional = [float(np.mean(accepted[accepted >= j - 1] >= j)) if np.any(accepted >= j - 1)
+                 else float("nan") for j in range(1, block_size)]
+  return {
+      "tau": float(np.mean([l.mean() for l in lengths])),
+      "tau_token_weighted": float(pooled.mean()),
+      "num_steps": int(len(pooled)),
+      "reach_rate": reach,
+      "conditional_rate": conditional,
+      # Index i counts steps with acceptance length i + 1.
+      "length_histogram": np.bincount(pooled - 1, minlength=block_size)[:block_size].tolist(),
+  }
+
+
+def speedup(ar_seconds_per_token: list[float], spec_seconds_per_token: list[float]) -> float:
+  """Mean time per output token of autoregressive over speculative decoding (per prompt)."""
+  return float(np.mean(ar_seconds_per_token) / np.mean(spec_seconds_per_token))

@@ -1,0 +1,126 @@
+"""`main.py` mode `eval`: acceptance and speed of a drafter on held-out prompt sets.
+
+For each prompt (batch 1, as speedups are defined) the target decodes autoregressively and
+speculatively with the drafter, in the same engine; decode-phase time is measured for both (the
+prefill is excluded), and the outputs are compared (greedy decoding must be lossless). Writes
+`results.json` and PNG plots to the workdir and prints a table.
+"""
+
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from draftopd_jax.data.prompts import eval_prompts, sharegpt_prompts
+from draftopd_jax.decoding import engine
+from draftopd_jax.decoding.completions import encode_prompts, pad_batch
+from draftopd_jax.decoding.drafters import Autoregressive, DFlashDrafter, Eagle3Drafter, Oracle
+from draftopd_jax.decoding.sampling import SamplingConfig
+from draftopd_jax.errors import UserError
+from draftopd_jax.evaluation import metrics, plots
+from draftopd_jax.io import LoadedModel, load_model
+from draftopd_jax.io.drafter_checkpoint import load_drafter
+from draftopd_jax.models import dflash, eagle3
+
+DRAFTER_KINDS = ("dflash", "eagle3", "oracle")
+
+
+def build_drafter(c, model: LoadedModel):
+  """(drafter, params) from `config.drafter`: a checkpoint, or an untrained one of `kind`.
+
+  The oracle's params depend on the prompt and are filled in per prompt (None here).
+  """
+  if c.kind not in DRAFTER_KINDS:
+    raise UserError(f"config.drafter.kind={c.kind!r}; choose one of {', '.join(DRAFTER_KINDS)}")
+  if c.checkpoint:
+    return load_drafter(c.checkpoint, model.cfg)
+  if c.kind == "oracle":
+    return Oracle(block_size=c.block_size), None
+  if c.kind == "dflash":
+    cfg = dflash.DFlashConfig.for_target(model.cfg, num_layers=c.num_layers,
+                                         block_size=c.block_size, mask_token_id=c.mask_token_id)
+    return DFlashDrafter(cfg), dflash.init_params(cfg, c.seed)
+  cfg = eagle3.Eagle3Config.for_target(model.cfg, block_size=c.block_size,
+                                       draft_vocab_size=c.draft_vocab_size)
+  # The draft vocabulary: the most frequent target tokens of ShareGPT training prompts.
+  counts = np.zeros(model.cfg.vocab_size, np.int64)
+  for ids in encode_prompts(model, sharegpt_prompts("train", 500), chat_template=False):
+    counts += np.bincount(ids, minlength=model.cfg.vocab_size)
+  d2t = eagle3.build_draft_vocab(counts, cfg.draft_vocab_size)
+  return Eagle3Drafter(cfg), {"model": eagle3.init_params(cfg, c.seed), "d2t": jnp.asarray(d2t)}
+
+
+def timed_decode(model: LoadedModel, tokens, mask, drafter, params, max_new_tokens: int,
+                 eos_ids: tuple[int, ...], verify_impl: str = "auto"
+                 ) -> tuple[float, int, engine.DecodeState]:
+  """(decode seconds, tokens generated after the prefill's first, final state) of one batch."""
+  statics = dict(max_new_tokens=max_new_tokens, sampling=SamplingConfig(), eos_ids=eos_ids)
+  state = engine.prefill(model.cfg, model.params, drafter, params, tokens, mask,
+                         jax.random.key(0), **statics)
+  jax.block_until_ready(state)
+  start = time.perf_counter()
+  state = engine.decode(model.cfg, model.params, drafter, params, state,
+                        jnp.int32(max_new_tokens), verify_impl=verify_impl, **statics)
+  jax.block_until_ready(state)
+  generated = int(jnp.sum(state.lengths_B - state.prompt_lens_B)) - len(state.lengths_B)
+  return time.perf_counter() - start, generated, state
+
+
+def evaluate_dataset(model, name, prompts, drafter, params, config) -> dict:
+  encoded = encode_prompts(model, prompts, config.chat_template)
+  # One prompt width for the whole set, so nothing recompiles inside the timed region.
+  width_tokens, _ = pad_batch(encoded, model.tokenizer.pad_id)
+  eos = model.tokenizer.eos_ids
+  ar_tpot, spec_tpot, lengths, lossless = [], [], [], True
+  for ids in tqdm(encoded, desc=name, unit="prompt"):
+    tokens = np.full((1, width_tokens.shape[1]), model.tokenizer.pad_id, np.int32)
+    tokens[0, :len(ids)] = ids
+    mask = np.arange(tokens.shape[1])[None] < len(ids)
+    ar_seconds, ar_count, ar_state = timed_decode(model, tokens, mask, Autoregressive(), None,
+                                                  config.max_new_tokens, eos, config.verify_impl)
+    prompt_params = params
+    if isinstance(drafter, Oracle):  # the target's own continuation, padded past a block
+      prompt_params = jnp.pad(ar_state.tokens_BxS, ((0, 0), (0, drafter.block_size)))
+    spec_seconds, spec_count, spec_state = timed_decode(
+        model, tokens, mask, drafter, prompt_params, config.max_new_tokens, eos, config.verify_impl)
+    lossless &= engine.new_tokens(ar_state) == engine.new_tokens(spec_state)
+    if ar_count and spec_count:
+      ar_tpot.append(ar_seconds / ar_count)
+      spec_tpot.append(spec_seconds / spec_count)
+    lengths += metrics.acceptance_lengths(spec_state.trace)
+  summary = metrics.summarize(lengths, drafter.block_size)
+  summary.update(num_prompts=len(prompts), lossless=bool(lossless),
+                 ar_tokens_per_s=float(1 / np.mean(ar_tpot)) if ar_tpot else float("nan"),
+                 spec_tokens_per_s=float(1 / np.mean(spec_tpot)) if spec_tpot else float("nan"),
+                 speedup=metrics.speedup(ar_tpot, spec_tpot) if ar_tpot else float("nan"))
+  return summary
+
+
+def run_eval(config, workdir: str | None) -> dict:
+  if not workdir:
+    raise UserError("eval writes results.json and plots: pass --workdir=DIR")
+  out = pathlib.Path(workdir)
+  out.mkdir(parents=True, exist_ok=True)
+  model = load_model(config.model, dtype=config.dtype)
+  drafter, params = build_drafter(config.drafter, model)
+  results = {"model": config.model, "drafter": config.drafter.checkpoint or
+             f"untrained {config.drafter.kind}", "block_size": drafter.block_size,
+             "max_new_tokens": config.max_new_tokens, "datasets": {}}
+  for name in config.datasets:
+    prompts = eval_prompts(name, config.num_prompts, config.heldout_fraction)
+    # Compile on one prompt first (prompt widths differ per set) and discard it.
+    evaluate_dataset(model, name, prompts[:1], drafter, params, config)
+    results["datasets"][name] = evaluate_dataset(model, name, prompts, drafter, params, config)
+  (out / "results.json").write_text(json.dumps(results, indent=1))
+  plots.plot_acceptance(results, out)
+  print(f"\n{'dataset':<10} {'tau':>6} {'tau_tok':>8} {'AR tok/s':>9} {'spec tok/s':>11} "
+        f"{'speedup':>8} lossless")
+  for name, r in results["datasets"].items():
+    print(f"{name:<10} {r['tau']:>6.2f} {r['tau_token_weighted']:>8.2f} {r['ar_tokens_per_s']:>9.1f} "
+          f"{r['spec_tokens_per_s']:>11.1f} {r['speedup']:>7.2f}x {r['lossless']}")
+  print(f"results: {out / 'results.json'}")
+  return results

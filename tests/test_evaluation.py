@@ -1,0 +1,87 @@
+"""Acceptance metrics, drafter checkpoints, prompt sources and the eval job."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from draftopd_jax.data.prompts import is_heldout, mtbench_first_turns, sharegpt_prompts
+from draftopd_jax.decoding.drafters import DFlashDrafter, Eagle3Drafter
+from draftopd_jax.decoding.engine import Trace
+from draftopd_jax.errors import UserError
+from draftopd_jax.evaluation import metrics
+from draftopd_jax.io.drafter_checkpoint import load_drafter, save_drafter
+from draftopd_jax.models import ModelConfig, dflash, eagle3
+
+CFG = ModelConfig(family="llama", vocab_size=64, hidden_size=32, num_layers=6, num_heads=4,
+                  num_kv_heads=2, head_dim=8, intermediate_size=48)
+
+
+def test_acceptance_metrics_by_hand():
+  trace = Trace.create(batch=2, steps=4, k=4)
+  trace = trace.replace(accepted_BxN=jnp.asarray([[3, 0, 1, 9], [2, 2, 0, 0]]),
+                        num_steps_B=jnp.asarray([3, 2]))  # the 9 lies past row 0's steps
+  lengths = metrics.acceptance_lengths(trace)
+  assert [l.tolist() for l in lengths] == [[4, 1, 2], [3, 3]]
+  s = metrics.summarize(lengths, block_size=4)
+  assert s["tau"] == pytest.approx((7 / 3 + 3) / 2)  # macro: mean of per-response means
+  assert s["tau_token_weighted"] == pytest.approx(13 / 5)
+  assert s["length_histogram"] == [1, 1, 2, 1]
+  assert s["reach_rate"] == pytest.approx([4 / 5, 3 / 5, 1 / 5])
+  assert s["conditional_rate"] == pytest.approx([4 / 5, 3 / 4, 1 / 3])
+  assert metrics.speedup([0.1, 0.3], [0.05, 0.05]) == pytest.approx(4.0)
+
+
+def test_drafter_checkpoints_round_trip_and_refuse_another_target(tmp_path):
+  d_cfg = dflash.DFlashConfig.for_target(CFG, num_layers=2, block_size=4, mask_token_id=3)
+  e_cfg = eagle3.Eagle3Config.for_target(CFG, block_size=5, draft_vocab_size=20)
+  cases = [(DFlashDrafter(d_cfg), dflash.init_params(d_cfg)),
+           (Eagle3Drafter(e_cfg), {"model": eagle3.init_params(e_cfg),
+                                   "d2t": jnp.arange(20, dtype=jnp.int32)})]
+  for i, (drafter, params) in enumerate(cases):
+    save_drafter(tmp_path / str(i), drafter, params, CFG)
+    loaded, loaded_params = load_drafter(tmp_path / str(i), CFG)
+    assert loaded == drafter
+    jax.tree.map(np.testing.assert_array_equal, params, loaded_params)
+  with pytest.raises(UserError, match="made for target"):
+    load_drafter(tmp_path / "0", CFG.replace(hidden_size=64))
+  with pytest.raises(UserError, match="not a drafter checkpoint"):
+    load_drafter(tmp_path, CFG)
+
+
+def test_heldout_split_is_deterministic_and_disjoint():
+  assert is_heldout("abc", 0.5) == is_heldout("abc", 0.5)
+  share = np.mean([is_heldout(f"id{i}", 0.1) for i in range(5000)])
+  assert 0.08 < share < 0.12
+  heldout, train = sharegpt_prompts("heldout", 20), sharegpt_prompts("train", 300)
+  assert len(heldout) == 20 and not set(heldout) & set(train)
+
+
+def test_mtbench_first_turns():
+  turns = mtbench_first_turns(80)
+  assert len(turns) == 80 and all(isinstance(t, str) and t for t in turns)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant,tau", [("oracle", 8.0), ("dflash", None)])
+def test_eval_job_writes_results_and_plots(tmp_path, variant, tau):
+  result = subprocess.run(
+      [sys.executable, "-m", "draftopd_jax.main", f"--config=configs/eval.py:{variant}",
+       "--config.num_prompts=2", "--config.max_new_tokens=24",
+       "--config.datasets=('humaneval', 'mtbench', 'sharegpt')", f"--workdir={tmp_path}"],
+      capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert set(results["datasets"]) == {"humaneval", "mtbench", "sharegpt"}
+  for r in results["datasets"].values():
+    assert r["lossless"] and r["num_prompts"] == 2 and r["speedup"] > 0
+    assert len(r["reach_rate"]) == 7 and sum(r["length_histogram"]) == r["num_steps"]
+    if tau:
+      assert r["tau"] == tau
+  assert (tmp_path / "acceptance_by_position.png").stat().st_size > 1000
+  assert (tmp_path / "acceptance_length_hist.png").stat().st_size > 1000
+  assert "speedup" in result.stdout
