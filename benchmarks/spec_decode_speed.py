@@ -47,24 +47,36 @@ def decode_rate(model, ids, drafter, drafter_params, new_tokens):
   return generated / seconds, state
 
 
-def step_cost(model, prompt_len, k, reps=20):
-  """Median seconds of a k-token forward on top of a prefilled cache, the cache updated in place
-  (donated), as inside the decode loop."""
-  cache = engine.prefill(model.cfg, model.params, Autoregressive(), None,
-                         np.ones((1, prompt_len), np.int32), np.ones((1, prompt_len), bool),
-                         jax.random.key(0), max_new_tokens=128, sampling=SamplingConfig(),
-                         eos_ids=()).cache
-  fn = jax.jit(lambda p, t, pos, c: forward(model.cfg, p, t, pos, c), donate_argnums=3)
-  tokens = jnp.ones((1, k), jnp.int32)
-  positions = prompt_len + jnp.arange(k)[None]
-  cache = jax.block_until_ready(fn(model.params, tokens, positions, cache)).cache
-  times = []
-  for _ in range(reps):
+class StepTimer:
+  """Times a k-token target forward on top of a prefilled cache, the cache updated in place
+  (donated) as inside the decode loop. Call `sample()` between decode runs, so the step costs
+  are measured interleaved with everything else."""
+
+  def __init__(self, model, prompt_len: int, ks: list[int]):
+    self.model, self.ks, self.times = model, ks, {k: [] for k in ks}
+    self.fn = jax.jit(lambda p, t, pos, c: forward(model.cfg, p, t, pos, c), donate_argnums=3)
+    self.caches = {}
+    for k in ks:
+      state = engine.prefill(model.cfg, model.params, Autoregressive(), None,
+                             np.ones((1, prompt_len), np.int32), np.ones((1, prompt_len), bool),
+                             jax.random.key(0), max_new_tokens=128, sampling=SamplingConfig(),
+                             eos_ids=())
+      self.caches[k] = self._step(k, state.cache, prompt_len)[1]  # compile
+
+  def _step(self, k, cache, prompt_len):
+    tokens, positions = jnp.ones((1, k), jnp.int32), prompt_len + jnp.arange(k)[None]
     start = time.perf_counter()
-    out = jax.block_until_ready(fn(model.params, tokens, positions, cache))
-    times.append(time.perf_counter() - start)
-    cache = out.cache
-  return statistics.median(times)
+    out = jax.block_until_ready(self.fn(self.model.params, tokens, positions, cache))
+    return time.perf_counter() - start, out.cache
+
+  def sample(self, prompt_len: int, reps: int = 5) -> None:
+    for _ in range(reps):
+      for k in self.ks:
+        seconds, self.caches[k] = self._step(k, self.caches[k], prompt_len)
+        self.times[k].append(seconds)
+
+  def ratio(self, k: int) -> float:
+    return statistics.median(self.times[k]) / statistics.median(self.times[1])
 
 
 def main() -> None:
@@ -89,6 +101,8 @@ def main() -> None:
     settings.append(("drafter", trained[0].block_size))
   rates = {name: [] for name, _ in settings}
   taus = {name: [] for name, _ in settings}
+  prompt_len = int(np.mean([len(p) for p in prompts]))
+  step_timer = StepTimer(model, prompt_len, sorted({k for _, k in settings}))
   for run in range(args.runs + 1):  # run 0 is the warm-up (compilation)
     for name, k in settings:
       for ids, oracle in zip(prompts, oracles):
@@ -101,16 +115,15 @@ def main() -> None:
           steps = int(state.trace.num_steps_B[0])
           rates[name].append(rate)
           taus[name].append(float(np.mean(np.asarray(state.trace.accepted_BxN[0, :steps]) + 1)))
+    step_timer.sample(prompt_len)
     if run:
       print(f"run {run}: " + ", ".join(f"{n} {statistics.median(r[-len(prompts):]):.1f} tok/s"
                                        for n, r in rates.items()), flush=True)
 
-  prompt_len = int(np.mean([len(p) for p in prompts]))
-  one_token = step_cost(model, prompt_len, 1)
   ar_rate = statistics.median(rates["autoregressive"])
   rows = []
   for name, k in settings[1:]:
-    c = step_cost(model, prompt_len, k) / one_token
+    c = step_timer.ratio(k)
     tau = statistics.mean(taus[name])
     speedup = statistics.median(rates[name]) / ar_rate
     rows.append({"setting": name, "k": k, "tau": round(tau, 3), "step_cost_ratio": round(c, 3),

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from draftopd_jax.decoding.drafters import Autoregressive
 from draftopd_jax.decoding.sampling import SamplingConfig, sample
 from draftopd_jax.decoding.verify import verify
 from draftopd_jax.models import KVCache, ModelConfig, Params, forward
@@ -175,8 +176,6 @@ def run(target_cfg: ModelConfig, target_params: Params, prompt_BxP: np.ndarray,
   `update(n)`, such as tqdm) the loop returns to the host every `chunk` steps (default 16) to
   report the tokens committed so far.
   """
-  from draftopd_jax.decoding.drafters import Autoregressive
-
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
   drafter = drafter or Autoregressive()

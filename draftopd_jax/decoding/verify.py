@@ -80,7 +80,7 @@ def verify(logits_BxKxV: jax.Array, proposals_BxK1: jax.Array, seed: jax.Array,
   where it supports the sampling settings, else the reference."""
   if impl not in ("auto", "reference", "pallas"):
     raise ValueError(f"unknown verify implementation {impl!r}; use auto, reference or pallas")
-  from pallas_kernels import verify_accept
+  from pallas_kernels import verify_accept  # here: the kernel imports this package's noise
 
   supported = verify_accept.supports(sampling)
   if impl == "pallas" and not supported:
