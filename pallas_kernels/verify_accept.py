@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+from jax.experimental.pallas import triton as pltriton
 
 from draftopd_jax.decoding import noise
 
@@ -131,8 +133,6 @@ def _tpu_kernel(seed_ref, checked_ref, logits_ref, stats_ref, accepted_ref, next
 
 def _gpu_kernel(seed_ref, checked_ref, logits_ref, accepted_ref, next_ref, logprob_ref, *,
                 vocab_size, tile, temperature, k):
-  from jax.experimental.pallas import triton as plgpu
-
   b = pl.program_id(0)
   k_pad = checked_ref.shape[1]
   checked_Kx1 = checked_ref[0]
@@ -143,7 +143,7 @@ def _gpu_kernel(seed_ref, checked_ref, logits_ref, accepted_ref, next_ref, logpr
   def one_tile(t, stats):
     cols_1xT = t * tile + lax.broadcasted_iota(jnp.int32, (1, tile), 1)
     # Masked loads read the ragged last tile and the padding rows without copying the logits.
-    logits_KxT = plgpu.load(logits_ref.at[b, pl.ds(0, k_pad), pl.ds(t * tile, tile)],
+    logits_KxT = pltriton.load(logits_ref.at[b, pl.ds(0, k_pad), pl.ds(t * tile, tile)],
                             mask=real_row_Kx1 & (cols_1xT < vocab_size), other=-jnp.inf)
     return _accumulate_tile(stats, logits_KxT, cols_1xT, checked_Kx1, rows_Kx1, seed, vocab_size,
                             temperature)
@@ -154,10 +154,6 @@ def _gpu_kernel(seed_ref, checked_ref, logits_ref, accepted_ref, next_ref, logpr
   accepted_ref[0] = accepted
   next_ref[0] = next_token
   logprob_ref[0] = logprob
-
-
-def _next_power_of_two(n: int) -> int:
-  return 1 << (n - 1).bit_length()
 
 
 @functools.partial(jax.jit, static_argnames=("temperature", "tile", "layout", "interpret"))
@@ -179,8 +175,8 @@ def verify_accept(logits_BxKxV: jax.Array, proposals_BxK1: jax.Array, seed: jax.
   if layout == "gpu":
     # Triton wants power-of-two blocks: K is padded with rows that check nothing; the logits
     # stay in place (masked loads).
-    tile = min(tile, _next_power_of_two(v))
-    k_pad = _next_power_of_two(k)
+    tile = min(tile, pl.next_power_of_2(v))
+    k_pad = pl.next_power_of_2(k)
     checked_BxK = jnp.pad(checked_BxK, ((0, 0), (0, k_pad - k)), constant_values=-1)
     accepted, next_token, logprob = pl.pallas_call(
         functools.partial(_gpu_kernel, tile=tile, k=k, **statics),
@@ -194,7 +190,8 @@ def verify_accept(logits_BxKxV: jax.Array, proposals_BxK1: jax.Array, seed: jax.
         out_shape=[jax.ShapeDtypeStruct((b, 1, 1), jnp.int32),
                    jax.ShapeDtypeStruct((b, 1, 1), jnp.int32),
                    jax.ShapeDtypeStruct((b, k_pad, 1), jnp.float32)],
-        compiler_params=_triton_params(),
+        # Triton, not Mosaic GPU: its masked loads handle the ragged vocabulary edge directly.
+        compiler_params=pltriton.CompilerParams(num_warps=4, num_stages=2),
         interpret=interpret)(seed_1x1, checked_BxK[..., None], logits_BxKxV)
   else:
     tile = min(tile, pl.cdiv(v, 128) * 128)
@@ -213,19 +210,7 @@ def verify_accept(logits_BxKxV: jax.Array, proposals_BxK1: jax.Array, seed: jax.
                    jax.ShapeDtypeStruct((b, 1, 1), jnp.int32),
                    jax.ShapeDtypeStruct((b, 1, 1), jnp.int32),
                    jax.ShapeDtypeStruct((b, k, 1), jnp.float32)],
-        compiler_params=_tpu_params(),
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
         interpret=interpret)(seed_1x1, checked_BxK[..., None], logits_BxKxV)
   return accepted[:, 0, 0], next_token[:, 0, 0], logprob[:, :k - 1, 0]
 
-
-def _tpu_params():
-  from jax.experimental.pallas import tpu as pltpu
-
-  return pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary"))
-
-
-def _triton_params():
-  # Triton (not Mosaic GPU): its masked loads handle the ragged vocabulary edge directly.
-  from jax.experimental.pallas import triton as pltriton
-
-  return pltriton.CompilerParams(num_warps=4, num_stages=2)
