@@ -1,0 +1,1 @@
+"""Drafter training: data, SFT losses, the train step and loop."""

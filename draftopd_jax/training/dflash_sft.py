@@ -1,0 +1,71 @@
+"""DFlash SFT loss: random anchors over response tokens, one drafter pass for all blocks.
+
+Per sequence, `num_anchors` anchors are drawn among positions whose next token is a response
+token. Each block holds [token at anchor, MASK x (K-1)] and sees the target's features strictly
+before its anchor (the block mask of `dflash.block_logits`); slot k is trained to predict the token
+at anchor + k, with cross-entropy to that token or KL to the target's distribution there, and
+optional position weights exp(-(k-1)/gamma). The frozen target runs inside the step.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from draftopd_jax.models import KVCache, ModelConfig, dflash, forward
+
+
+def sample_anchors(rng: jax.Array, loss_mask_BxT: jax.Array, num_anchors: int
+                   ) -> tuple[jax.Array, jax.Array]:
+  """(anchor positions [B, N], valid [B, N]): distinct positions whose next token is a response
+  token, uniformly at random (Gumbel top-k); rows with fewer candidates get invalid slots."""
+  b, t = loss_mask_BxT.shape
+  candidate_BxT = jnp.pad(loss_mask_BxT[:, 1:], ((0, 0), (0, 1)))
+  scores_BxT = jnp.where(candidate_BxT, jax.random.gumbel(rng, (b, t)), -jnp.inf)
+  best_BxN, anchors_BxN = jax.lax.top_k(scores_BxT, num_anchors)
+  return anchors_BxN.astype(jnp.int32), jnp.isfinite(best_BxN)
+
+
+def position_weights(block_size: int, gamma: float) -> jax.Array:
+  """Weight of slots 1..K-1: exp(-(k-1)/gamma), or all ones when gamma <= 0."""
+  k = jnp.arange(1, block_size, dtype=jnp.float32)
+  return jnp.exp(-(k - 1) / gamma) if gamma > 0 else jnp.ones_like(k)
+
+
+def loss_fn(drafter_params: dict, cfg: dflash.DFlashConfig, target_cfg: ModelConfig,
+            target_params: dict, tokens_BxT: jax.Array, loss_mask_BxT: jax.Array, rng: jax.Array,
+            *, num_anchors: int, gamma: float, distill: bool) -> tuple[jax.Array, dict]:
+  """Weighted mean loss over valid (anchor, slot) pairs, and metrics."""
+  b, t = tokens_BxT.shape
+  k = cfg.block_size
+  positions_BxT = jnp.broadcast_to(jnp.arange(t), (b, t))
+  target = forward(target_cfg, target_params, tokens_BxT, positions_BxT,
+                   KVCache.create(target_cfg, b, t), cfg.target_layer_ids)
+  features_BxTxFxD = jax.lax.stop_gradient(target.hidden_BxTxFxD)
+  cache = dflash.write_context(cfg, drafter_params, dflash.ContextCache.create(cfg, b, t),
+                               features_BxTxFxD, positions_BxT)
+  anchors_BxN, valid_BxN = sample_anchors(rng, loss_mask_BxT, num_anchors)
+  anchor_tokens_BxN = jnp.take_along_axis(tokens_BxT, anchors_BxN, axis=1)
+  logits_BxNxKxV = dflash.block_logits(cfg, drafter_params, target_cfg, target_params,
+                                       anchor_tokens_BxN, anchors_BxN, cache)
+  student_BxNxK1xV = jax.nn.log_softmax(logits_BxNxKxV[:, :, 1:], axis=-1)
+
+  label_pos_BxNxK1 = anchors_BxN[..., None] + jnp.arange(1, k)
+  in_range = label_pos_BxNxK1 < t
+  label_pos_BxNxK1 = jnp.minimum(label_pos_BxNxK1, t - 1)
+  gather = lambda x_BxT: jnp.take_along_axis(x_BxT, label_pos_BxNxK1.reshape(b, -1), axis=1
+                                             ).reshape(label_pos_BxNxK1.shape)
+  labels_BxNxK1 = gather(tokens_BxT)
+  valid_BxNxK1 = valid_BxN[..., None] & in_range & gather(loss_mask_BxT)
+  if distill:  # soft targets: the target's distribution for the token at anchor + k
+    teacher_BxTxV = jax.nn.softmax(jax.lax.stop_gradient(target.logits_BxTxV), axis=-1)
+    teacher_BxNxK1xV = jnp.take_along_axis(
+        teacher_BxTxV, (label_pos_BxNxK1 - 1).reshape(b, -1)[..., None], axis=1
+    ).reshape(student_BxNxK1xV.shape)
+    loss_BxNxK1 = -jnp.sum(teacher_BxNxK1xV * student_BxNxK1xV, axis=-1)
+  else:
+    loss_BxNxK1 = -jnp.take_along_axis(student_BxNxK1xV, labels_BxNxK1[..., None], -1)[..., 0]
+  weights_BxNxK1 = valid_BxNxK1 * position_weights(k, gamma)
+  loss = jnp.sum(loss_BxNxK1 * weights_BxNxK1) / jnp.maximum(jnp.sum(weights_BxNxK1), 1e-6)
+  correct_BxNxK1 = (jnp.argmax(student_BxNxK1xV, -1) == labels_BxNxK1) & valid_BxNxK1
+  accuracy_K1 = correct_BxNxK1.sum((0, 1)) / jnp.maximum(valid_BxNxK1.sum((0, 1)), 1)
+  return loss, {"loss": loss, "accuracy_by_slot": accuracy_K1,
+                "tokens": jnp.sum(valid_BxNxK1)}

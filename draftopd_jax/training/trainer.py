@@ -1,0 +1,68 @@
+"""Train state, optimizer and the jitted SFT step, plus held-out acceptance length.
+
+The step is a pure function of (state, batch): AdamW with linear warmup and cosine decay,
+global-norm gradient clipping, gradients only for the drafter (the target is an input, frozen).
+"""
+
+import functools
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from draftopd_jax.decoding import engine
+from draftopd_jax.evaluation import metrics
+from draftopd_jax.models import ModelConfig
+from draftopd_jax.training import dflash_sft
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: dict
+  opt_state: optax.OptState
+  rng: jax.Array
+
+
+def make_optimizer(learning_rate: float, warmup_steps: int, total_steps: int,
+                   weight_decay: float = 0.01, grad_clip: float = 1.0,
+                   final_lr_fraction: float = 0.1) -> optax.GradientTransformation:
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, learning_rate, warmup_steps, max(total_steps, warmup_steps + 1),
+      end_value=learning_rate * final_lr_fraction)
+  return optax.chain(optax.clip_by_global_norm(grad_clip),
+                     optax.adamw(schedule, weight_decay=weight_decay))
+
+
+def init_state(params: dict, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optimizer.init(params), rng=jax.random.key(seed))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "target_cfg", "optimizer", "num_anchors",
+                                             "gamma", "distill"), donate_argnames=("state",))
+def dflash_train_step(state: TrainState, target_params: dict, tokens_BxT: jax.Array,
+                      loss_mask_BxT: jax.Array, *, cfg, target_cfg: ModelConfig,
+                      optimizer: optax.GradientTransformation, num_anchors: int, gamma: float,
+                      distill: bool) -> tuple[TrainState, dict]:
+  rng, key = jax.random.split(state.rng)
+  grad_fn = jax.value_and_grad(dflash_sft.loss_fn, has_aux=True)
+  (_, step_metrics), grads = grad_fn(state.params, cfg, target_cfg, target_params, tokens_BxT,
+                                     loss_mask_BxT, key, num_anchors=num_anchors, gamma=gamma,
+                                     distill=distill)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  step_metrics["grad_norm"] = optax.global_norm(grads)
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), step_metrics
+
+
+def heldout_tau(target_cfg: ModelConfig, target_params: dict, drafter, drafter_params,
+                prompt_BxP: np.ndarray, prompt_mask_BxP: np.ndarray, max_new_tokens: int,
+                eos_ids: tuple[int, ...]) -> float:
+  """Macro tau of greedy speculative decoding on a fixed held-out batch."""
+  state = engine.run(target_cfg, target_params, prompt_BxP, prompt_mask_BxP, drafter=drafter,
+                     drafter_params=drafter_params, max_new_tokens=max_new_tokens,
+                     eos_ids=eos_ids)
+  return metrics.summarize(metrics.acceptance_lengths(state.trace), drafter.block_size)["tau"]
