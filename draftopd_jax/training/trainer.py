@@ -23,7 +23,7 @@ class TrainState:
   step: jax.Array
   params: dict
   opt_state: optax.OptState
-  rng: jax.Array
+  rng: jax.Array  # a raw uint32 key, so orbax saves it as a plain array
 
 
 def make_optimizer(learning_rate: float, warmup_steps: int, total_steps: int,
@@ -38,7 +38,7 @@ def make_optimizer(learning_rate: float, warmup_steps: int, total_steps: int,
 
 def init_state(params: dict, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=optimizer.init(params), rng=jax.random.key(seed))
+                    opt_state=optimizer.init(params), rng=jax.random.PRNGKey(seed))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "target_cfg", "optimizer", "num_anchors",
