@@ -18,7 +18,7 @@ from flax import nnx
 from draftopd_jax.models import transformer
 from draftopd_jax.models.config import ModelConfig
 from draftopd_jax.models.layers import Attention, RMSNorm, SwiGLU, linear
-from draftopd_jax.models.rope import inverse_frequencies
+from draftopd_jax.models.rope import apply_rope, inverse_frequencies
 
 
 def default_layer_ids(num_target_layers: int) -> tuple[int, int, int]:
@@ -135,3 +135,49 @@ def step(cfg: Eagle3Config, params: dict, target_cfg: ModelConfig, target_params
   hidden, logits, k, v = bind(cfg, params)(embedded, feature_BxTxD, positions_BxT, cache.k_BxSxKxH,
                                            cache.v_BxSxKxH)
   return hidden, logits, Eagle3Cache(k, v)
+
+
+def ttt_logits(cfg: Eagle3Config, params: dict, target_cfg: ModelConfig, target_params: dict,
+               tokens_BxT: jax.Array, features_BxTxFxD: jax.Array, steps: int) -> jax.Array:
+  """Training-time test: draft-vocabulary logits [S, B, T, Vd] of `steps` unrolled draft steps.
+
+  Step s at index t is the drafter drafting s steps past t: its input feature is the target's
+  fused feature at t (s = 0) or its own hidden state from step s-1 at t, its input token is the
+  one at t+1+s, it sits at position t+s and predicts the token at t+2+s. It attends to the
+  step-0 keys at positions <= t and to its own earlier steps' keys at index t -- exactly the
+  context the inference chain has when it drafts from an anchor at t+1.
+  """
+  model = bind(cfg, params)
+  embed = transformer.bind(target_cfg, target_params).embed
+  c = cfg.layer
+  b, t, _, _ = features_BxTxFxD.shape
+  groups = c.num_heads // c.num_kv_heads
+  rope = inverse_frequencies(c)
+  index_T = jnp.arange(t)
+  causal_TxT = index_T[None, :] <= index_T[:, None]
+  feature_BxTxD = model.fuse(features_BxTxFxD)
+  keys, values, all_logits = [], [], []
+  for s in range(steps):
+    token_BxT = jnp.take_along_axis(tokens_BxT, jnp.minimum(index_T + 1 + s, t - 1)[None], 1)
+    x = jnp.concatenate([model.embed_norm(embed(token_BxT)), model.feature_norm(feature_BxTxD)],
+                        axis=-1)
+    positions_BxT = jnp.broadcast_to(index_T + s, (b, t))
+    q = apply_rope(model.attn.q(x).reshape(b, t, c.num_heads, c.head_dim), positions_BxT, *rope)
+    k = apply_rope(model.attn.k(x).reshape(b, t, c.num_kv_heads, c.head_dim), positions_BxT, *rope)
+    v = model.attn.v(x).reshape(b, t, c.num_kv_heads, c.head_dim)
+    keys.append(k)
+    values.append(v)
+    q = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim) * c.head_dim**-0.5
+    base = jnp.einsum("btkgh,bskh->bkgts", q, keys[0], preferred_element_type=jnp.float32)
+    base = jnp.where(causal_TxT, base, -jnp.inf)
+    own = [jnp.einsum("btkgh,btkh->bkgt", q, k_s, preferred_element_type=jnp.float32)[..., None]
+           for k_s in keys[1:]]
+    probs = jax.nn.softmax(jnp.concatenate([base] + own, axis=-1), axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskh->btkgh", probs[..., :t], values[0])
+    for i, v_s in enumerate(values[1:]):
+      out = out + probs[..., t + i].transpose(0, 3, 1, 2)[..., None] * v_s[:, :, :, None, :]
+    hidden_BxTxD = feature_BxTxD + model.attn.o(out.reshape(b, t, c.num_heads * c.head_dim))
+    hidden_BxTxD = hidden_BxTxD + model.mlp(model.mlp_norm(hidden_BxTxD))
+    all_logits.append(model.lm_head(model.final_norm(hidden_BxTxD)).astype(jnp.float32))
+    feature_BxTxD = hidden_BxTxD
+  return jnp.stack(all_logits)
