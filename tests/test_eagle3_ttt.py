@@ -35,3 +35,39 @@ def test_ttt_steps_equal_teacher_forced_inference_drafting():
       h, logits, cache = eagle3.step(E_CFG, E_PARAMS, CFG, PARAMS, tokens[:, position + 1:position + 2],
                                      h, jnp.full((2, 1), position), cache)
       np.testing.assert_allclose(ttt[s, :, anchor - 1], logits[:, 0], atol=1e-4)
+
+
+def test_ttt_alignment_by_hand():
+  """T = 6: at step 2, index 0 reads token 3 at position 2, is taught by the target's logits at
+  index 3 (which predict token 4) and predicts token 4; from index 2 on, labels run off the end."""
+  where = eagle3.ttt_positions(6, 2)
+  assert where["input_token"].tolist() == [3, 4, 5, 5, 5, 5]
+  assert where["position"].tolist() == [2, 3, 4, 5, 6, 7]
+  assert where["teacher"].tolist() == [3, 4, 5, 5, 5, 5]
+  assert where["label"].tolist() == [4, 5, 6, 7, 8, 9]
+  step0 = eagle3.ttt_positions(6, 0)
+  assert step0["input_token"].tolist()[:3] == [1, 2, 3] and step0["label"].tolist()[:3] == [2, 3, 4]
+
+
+def test_eagle3_ttt_loss_trains():
+  import optax
+
+  from draftopd_jax.training import eagle3_sft
+
+  tokens = jnp.asarray(np.random.default_rng(1).integers(0, CFG.vocab_size, (2, 12)))
+  mask = jnp.arange(12)[None].repeat(2, 0) >= 4
+  d2t = jnp.asarray(eagle3.build_draft_vocab(np.bincount(np.asarray(tokens).ravel(), minlength=61), 40))
+  params = {"model": E_PARAMS, "d2t": d2t}
+
+  def loss(model):
+    return eagle3_sft.loss_fn({"model": model, "d2t": d2t}, E_CFG, CFG, PARAMS, tokens, mask,
+                              steps=3)[0]
+
+  opt = optax.adam(1e-2)
+  model, state = params["model"], opt.init(params["model"])
+  first = float(loss(model))
+  for _ in range(30):
+    grads = jax.grad(loss)(model)
+    updates, state = opt.update(grads, state)
+    model = optax.apply_updates(model, updates)
+  assert float(loss(model)) < 0.7 * first

@@ -137,6 +137,15 @@ def step(cfg: Eagle3Config, params: dict, target_cfg: ModelConfig, target_params
   return hidden, logits, Eagle3Cache(k, v)
 
 
+def ttt_positions(length: int, step: int) -> dict[str, jax.Array]:
+  """Index arithmetic of TTT step `step` for every index t < length (clamped at the end):
+  the input token's index, the RoPE position, the index whose target logits are the teacher, and
+  the index of the token being predicted (valid only where < length)."""
+  t = jnp.arange(length)
+  return {"input_token": jnp.minimum(t + 1 + step, length - 1), "position": t + step,
+          "teacher": jnp.minimum(t + 1 + step, length - 1), "label": t + 2 + step}
+
+
 def ttt_logits(cfg: Eagle3Config, params: dict, target_cfg: ModelConfig, target_params: dict,
                tokens_BxT: jax.Array, features_BxTxFxD: jax.Array, steps: int) -> jax.Array:
   """Training-time test: draft-vocabulary logits [S, B, T, Vd] of `steps` unrolled draft steps.
@@ -158,10 +167,11 @@ def ttt_logits(cfg: Eagle3Config, params: dict, target_cfg: ModelConfig, target_
   feature_BxTxD = model.fuse(features_BxTxFxD)
   keys, values, all_logits = [], [], []
   for s in range(steps):
-    token_BxT = jnp.take_along_axis(tokens_BxT, jnp.minimum(index_T + 1 + s, t - 1)[None], 1)
+    where = ttt_positions(t, s)
+    token_BxT = jnp.take_along_axis(tokens_BxT, where["input_token"][None], 1)
     x = jnp.concatenate([model.embed_norm(embed(token_BxT)), model.feature_norm(feature_BxTxD)],
                         axis=-1)
-    positions_BxT = jnp.broadcast_to(index_T + s, (b, t))
+    positions_BxT = jnp.broadcast_to(where["position"], (b, t))
     q = apply_rope(model.attn.q(x).reshape(b, t, c.num_heads, c.head_dim), positions_BxT, *rope)
     k = apply_rope(model.attn.k(x).reshape(b, t, c.num_kv_heads, c.head_dim), positions_BxT, *rope)
     v = model.attn.v(x).reshape(b, t, c.num_kv_heads, c.head_dim)
