@@ -11,10 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from draftopd_jax.decoding import engine
 from draftopd_jax.evaluation import metrics
 from draftopd_jax.models import ModelConfig
+from draftopd_jax.parallel import sharding
 from draftopd_jax.training import dflash_sft
 
 
@@ -41,12 +43,10 @@ def init_state(params: dict, optimizer: optax.GradientTransformation, seed: int)
                     opt_state=optimizer.init(params), rng=jax.random.PRNGKey(seed))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "target_cfg", "optimizer", "num_anchors",
-                                             "gamma", "distill"), donate_argnames=("state",))
-def dflash_train_step(state: TrainState, target_params: dict, tokens_BxT: jax.Array,
-                      loss_mask_BxT: jax.Array, *, cfg, target_cfg: ModelConfig,
-                      optimizer: optax.GradientTransformation, num_anchors: int, gamma: float,
-                      distill: bool) -> tuple[TrainState, dict]:
+def _dflash_step(state: TrainState, target_params: dict, tokens_BxT: jax.Array,
+                 loss_mask_BxT: jax.Array, *, cfg, target_cfg: ModelConfig,
+                 optimizer: optax.GradientTransformation, num_anchors: int, gamma: float,
+                 distill: bool) -> tuple[TrainState, dict]:
   rng, key = jax.random.split(state.rng)
   grad_fn = jax.value_and_grad(dflash_sft.loss_fn, has_aux=True)
   (_, step_metrics), grads = grad_fn(state.params, cfg, target_cfg, target_params, tokens_BxT,
@@ -56,6 +56,27 @@ def dflash_train_step(state: TrainState, target_params: dict, tokens_BxT: jax.Ar
   params = optax.apply_updates(state.params, updates)
   step_metrics["grad_norm"] = optax.global_norm(grads)
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), step_metrics
+
+
+_STEP_STATICS = ("cfg", "target_cfg", "optimizer", "num_anchors", "gamma", "distill")
+dflash_train_step = jax.jit(_dflash_step, static_argnames=_STEP_STATICS,
+                            donate_argnames=("state",))
+dflash_train_step.__doc__ = "One DFlash SFT step on the default device (see `sharded_dflash_step`)."
+
+
+def sharded_dflash_step(mesh: Mesh, state: TrainState, target_params: dict, **statics):
+  """The same step under `jax.jit` with explicit shardings on `mesh` (today's pjit): drafter
+  params and optimizer state split over "fsdp", the target over "tensor", batch rows over
+  ("data", "fsdp"), the state donated."""
+  state_sharding = TrainState(step=sharding.replicated(mesh),
+                              params=sharding.param_shardings(mesh, state.params),
+                              opt_state=sharding.param_shardings(mesh, state.opt_state),
+                              rng=sharding.replicated(mesh))
+  target_sharding = sharding.param_shardings(mesh, target_params, axis="tensor")
+  rows = sharding.batch_sharding(mesh)
+  return jax.jit(functools.partial(_dflash_step, **statics),
+                 in_shardings=(state_sharding, target_sharding, rows, rows),
+                 out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
 
 
 def heldout_tau(target_cfg: ModelConfig, target_params: dict, drafter, drafter_params,

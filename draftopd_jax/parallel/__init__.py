@@ -1,0 +1,1 @@
+"""Device meshes and sharding rules (one place for all of them)."""
