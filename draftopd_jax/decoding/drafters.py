@@ -66,8 +66,10 @@ class Oracle:
 
 
 @dataclasses.dataclass(frozen=True)
-class DFlashDrafter:
-  cfg: dflash.DFlashConfig
+class _ConfiguredDrafter:
+  """A drafter whose block size and target layers come from its model config."""
+
+  cfg: Any
 
   @property
   def block_size(self) -> int:
@@ -76,6 +78,11 @@ class DFlashDrafter:
   @property
   def layer_ids(self) -> tuple[int, ...]:
     return self.cfg.target_layer_ids
+
+
+@dataclasses.dataclass(frozen=True)
+class DFlashDrafter(_ConfiguredDrafter):
+  cfg: dflash.DFlashConfig
 
   def init_state(self, params, batch: int, max_len: int) -> dflash.ContextCache:
     return dflash.ContextCache.create(self.cfg, batch, max_len)
@@ -92,18 +99,10 @@ class DFlashDrafter:
 
 
 @dataclasses.dataclass(frozen=True)
-class Eagle3Drafter:
+class Eagle3Drafter(_ConfiguredDrafter):
   """params: {"model": Eagle3 weights, "d2t": [Vd] target ids of the draft vocabulary}."""
 
   cfg: eagle3.Eagle3Config
-
-  @property
-  def block_size(self) -> int:
-    return self.cfg.block_size
-
-  @property
-  def layer_ids(self) -> tuple[int, ...]:
-    return self.cfg.target_layer_ids
 
   def init_state(self, params, batch: int, max_len: int) -> dict[str, Any]:
     d = self.cfg.layer.hidden_size
