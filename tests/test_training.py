@@ -107,3 +107,21 @@ def test_distillation_loss_is_soft_cross_entropy_to_the_target():
   hard, metrics = dflash_sft.loss_fn(*args, distill=False, **kwargs)
   assert np.isfinite(soft) and soft > 0 and abs(float(soft) - float(hard)) > 1e-3
   assert int(metrics["tokens"]) > 0
+
+
+def test_init_from_loads_a_saved_drafter(tmp_path):
+  from types import SimpleNamespace
+
+  import ml_collections
+
+  from draftopd_jax.io.drafter_checkpoint import save_drafter
+  from draftopd_jax.training.sft import make_drafter
+
+  cfg = dflash.DFlashConfig.for_target(CFG, num_layers=1, block_size=3, mask_token_id=52)
+  params = dflash.init_params(cfg, seed=7)
+  save_drafter(tmp_path / "drafter", DFlashDrafter(cfg), params, CFG)
+  config = ml_collections.ConfigDict({"drafter": {"init_from": str(tmp_path / "drafter")},
+                                      "train": {"seed": 0}})
+  drafter, loaded = make_drafter(config, SimpleNamespace(cfg=CFG))
+  assert drafter == DFlashDrafter(cfg)
+  jax.tree.map(np.testing.assert_array_equal, params, loaded)
