@@ -1,8 +1,11 @@
-"""SFT of a DFlash drafter for SmolLM2-135M-Instruct on target-regenerated ShareGPT responses.
+"""SFT of a DFlash or EAGLE-3 drafter for SmolLM2-135M-Instruct on target-regenerated ShareGPT
+responses.
 
 Run (2 CPU cores; resumes from WORKDIR/checkpoints when started again):
   python -m draftopd_jax.main --config=configs/sft.py --workdir=/tmp/sft_dflash
-  python -m draftopd_jax.main --config=configs/sft.py:quick --workdir=/tmp/sft_quick  # a smoke run
+  python -m draftopd_jax.main --config=configs/sft.py:eagle3 --workdir=/tmp/sft_eagle3
+  python -m draftopd_jax.main --config=configs/sft.py:quick --workdir=/tmp/sft_quick  # smoke runs
+  python -m draftopd_jax.main --config=configs/sft.py:eagle3_quick --workdir=/tmp/sft_e3_quick
 Then evaluate the result:
   python -m draftopd_jax.main --config=configs/eval.py \
       --config.drafter.checkpoint=/tmp/sft_dflash/best_drafter --workdir=/tmp/eval_sft
@@ -14,7 +17,7 @@ best_drafter/ and drafter/ (drafter checkpoints).
 
 import ml_collections
 
-VARIANTS = ("dflash", "quick")
+VARIANTS = ("dflash", "eagle3", "quick", "eagle3_quick")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -26,9 +29,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = "smollm2-135m-instruct"
   c.dtype = "float32"
   c.drafter = ml_collections.ConfigDict(dict(
+      kind="eagle3" if variant.startswith("eagle3") else "dflash",
       block_size=8,  # K: anchor + 7 proposals
-      num_layers=2,
-      mask_token_id=0,  # SmolLM2's <|endoftext|>, never inside chats
+      num_layers=2,  # DFlash
+      mask_token_id=0,  # DFlash MASK: SmolLM2's <|endoftext|>, never inside chats
+      draft_vocab_size=8192,  # EAGLE-3: the most frequent tokens of the regenerated responses
       init_from="",  # a drafter checkpoint to start from (weights only)
   ))
   c.data = ml_collections.ConfigDict(dict(
@@ -44,7 +49,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(
       steps=2000, batch_size=8, learning_rate=6e-4, warmup_steps=50, weight_decay=0.01,
       grad_clip=1.0, num_anchors=16, gamma=0.0,  # gamma > 0: slot weights exp(-(k-1)/gamma)
-      loss="ce",  # "ce" to the regenerated token, or "kl" to the target distribution
+      loss="ce",  # DFlash: "ce" to the regenerated token, or "kl" to the target distribution
+      ttt_steps=7, ttt_decay=0.8,  # EAGLE-3 training-time test: steps, step weight decay**s
       seed=0,
   ))
   c.heldout = ml_collections.ConfigDict(dict(
@@ -53,9 +59,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.log_every = 10
   c.checkpoint_every = 50
   c.keep_checkpoints = 3
-  if variant == "quick":
+  if variant.endswith("quick"):
     c.data.num_prompts, c.data.response_tokens, c.data.seq_len = 16, 16, 224
     c.train.steps, c.train.batch_size, c.train.num_anchors, c.train.warmup_steps = 6, 2, 4, 2
+    c.train.ttt_steps, c.drafter.draft_vocab_size = 3, 2048
     c.heldout.num_prompts, c.heldout.max_new_tokens, c.heldout.datasets = 2, 16, ("humaneval",)
     c.eval_every, c.log_every, c.checkpoint_every = 3, 1, 2
   return c

@@ -14,9 +14,9 @@ from draftopd_jax.io.drafter_checkpoint import load_drafter
 pytestmark = pytest.mark.slow
 
 
-def sft(workdir, *overrides):
-  result = subprocess.run([sys.executable, "-m", "draftopd_jax.main", "--config=configs/sft.py:quick",
-                           f"--workdir={workdir}", *overrides],
+def sft(workdir, *overrides, variant="quick"):
+  result = subprocess.run([sys.executable, "-m", "draftopd_jax.main",
+                           f"--config=configs/sft.py:{variant}", f"--workdir={workdir}", *overrides],
                           capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-2000:]
   return result
@@ -41,3 +41,15 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path, smollm):
   assert {"heldout_tau", "train_flops"} <= set(records[0])
   assert all(r["train_flops"] > 0 for r in records if "loss" in r)
   assert (whole / "best_drafter" / "drafter.json").is_file()
+
+
+def test_eagle3_sft_job(tmp_path, smollm):
+  from draftopd_jax.decoding.drafters import Eagle3Drafter
+
+  sft(tmp_path, variant="eagle3_quick")
+  drafter, params = load_drafter(tmp_path / "drafter", smollm.cfg)
+  assert isinstance(drafter, Eagle3Drafter) and params["d2t"].shape == (2048,)
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+  steps = [r for r in records if "loss" in r]
+  assert len(steps) == 6 and all(len(r["loss_by_step"]) == 3 for r in steps)
+  assert all(np.isfinite(r["loss"]) for r in steps)

@@ -120,8 +120,9 @@ def test_init_from_loads_a_saved_drafter(tmp_path):
   cfg = dflash.DFlashConfig.for_target(CFG, num_layers=1, block_size=3, mask_token_id=52)
   params = dflash.init_params(cfg, seed=7)
   save_drafter(tmp_path / "drafter", DFlashDrafter(cfg), params, CFG)
-  config = ml_collections.ConfigDict({"drafter": {"init_from": str(tmp_path / "drafter")},
+  config = ml_collections.ConfigDict({"drafter": {"kind": "dflash",
+                                                  "init_from": str(tmp_path / "drafter")},
                                       "train": {"seed": 0}})
-  drafter, loaded = make_drafter(config, SimpleNamespace(cfg=CFG))
+  drafter, loaded = make_drafter(config, SimpleNamespace(cfg=CFG), examples=[])
   assert drafter == DFlashDrafter(cfg)
   jax.tree.map(np.testing.assert_array_equal, params, loaded)

@@ -31,3 +31,17 @@ def dflash_train(cfg: dflash.DFlashConfig, target: ModelConfig, batch: int, seq_
       + c.hidden_size * target.vocab_size))
   return {"target_forward": target_forward(target, batch * seq_len, seq_len),
           "drafter_forward": drafter, "drafter_backward": 2 * drafter}
+
+
+def eagle3_train(cfg, target: ModelConfig, batch: int, seq_len: int, ttt_steps: int
+                 ) -> dict[str, float]:
+  """Target forward over the batch; `ttt_steps` drafter passes over every position, each with
+  the fc fusion (step 0 only), one layer and the draft-vocabulary head."""
+  c = cfg.layer
+  tokens = batch * seq_len
+  per_step = (_layer_matmul_params(c, attention_input=2 * c.hidden_size)
+              + 2 * c.num_heads * c.head_dim * seq_len + c.hidden_size * cfg.draft_vocab_size)
+  fuse = len(cfg.target_layer_ids) * c.hidden_size * c.hidden_size
+  drafter = 2.0 * tokens * (fuse + ttt_steps * per_step)
+  return {"target_forward": target_forward(target, tokens, seq_len),
+          "drafter_forward": drafter, "drafter_backward": 2 * drafter}

@@ -1,4 +1,4 @@
-"""`main.py` mode `sft`: train a DFlash drafter on target-regenerated responses.
+"""`main.py` mode `sft`: train a DFlash or EAGLE-3 drafter on target-regenerated responses.
 
 Prompts come from the ShareGPT train split (or a JSONL file); the target regenerates responses
 once (cached in the workdir); the loop trains with the jitted step, measures held-out tau every
@@ -7,23 +7,25 @@ the latest checkpoint. The final and the best (held-out tau) drafters are saved 
 checkpoints that `configs/eval.py` loads.
 """
 
+import functools
 import json
 import pathlib
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 from draftopd_jax.data.prompts import eval_prompts, read_prompts_file, sharegpt_prompts
 from draftopd_jax.decoding import engine
 from draftopd_jax.decoding.completions import encode_prompts, pad_batch
-from draftopd_jax.decoding.drafters import DFlashDrafter
+from draftopd_jax.decoding.drafters import DFlashDrafter, Eagle3Drafter
 from draftopd_jax.decoding.sampling import SamplingConfig
 from draftopd_jax.errors import UserError
 from draftopd_jax.io import LoadedModel, load_model
 from draftopd_jax.io.drafter_checkpoint import load_drafter, save_drafter
-from draftopd_jax.models import dflash
+from draftopd_jax.models import dflash, eagle3
 from draftopd_jax.training import data, flops, trainer
 from draftopd_jax.training.checkpoints import Checkpointer
 
@@ -56,16 +58,46 @@ def regenerated_examples(config, model: LoadedModel, workdir: pathlib.Path) -> l
   return data.regenerate(prompts, path, generate_batch, d.regen_batch_size)
 
 
-def make_drafter(config, model: LoadedModel):
+def make_drafter(config, model: LoadedModel, examples: list[data.Example]):
+  """(drafter, params) to train: from `drafter.init_from`, or new of `drafter.kind`. A new
+  EAGLE-3 drafter's vocabulary is the most frequent tokens of the training examples."""
   c = config.drafter
+  if c.kind not in ("dflash", "eagle3"):
+    raise UserError(f"config.drafter.kind={c.kind!r}; choose dflash or eagle3")
   if c.init_from:
     drafter, params = load_drafter(c.init_from, model.cfg)
-    if not isinstance(drafter, DFlashDrafter):
-      raise UserError(f"{c.init_from} is not a DFlash drafter; SFT trains DFlash drafters")
+    if not isinstance(drafter, DFlashDrafter if c.kind == "dflash" else Eagle3Drafter):
+      raise UserError(f"{c.init_from} is not a {c.kind} drafter; set config.drafter.kind")
     return drafter, params
-  cfg = dflash.DFlashConfig.for_target(model.cfg, num_layers=c.num_layers,
-                                       block_size=c.block_size, mask_token_id=c.mask_token_id)
-  return DFlashDrafter(cfg), dflash.init_params(cfg, config.train.seed)
+  if c.kind == "dflash":
+    cfg = dflash.DFlashConfig.for_target(model.cfg, num_layers=c.num_layers,
+                                         block_size=c.block_size, mask_token_id=c.mask_token_id)
+    return DFlashDrafter(cfg), dflash.init_params(cfg, config.train.seed)
+  cfg = eagle3.Eagle3Config.for_target(model.cfg, block_size=c.block_size,
+                                       draft_vocab_size=c.draft_vocab_size)
+  counts = np.zeros(model.cfg.vocab_size, np.int64)
+  for e in examples:
+    counts += np.bincount(np.asarray(e.response_ids, np.int64), minlength=model.cfg.vocab_size)
+  d2t = eagle3.build_draft_vocab(counts, cfg.draft_vocab_size)
+  return Eagle3Drafter(cfg), {"model": eagle3.init_params(cfg, config.train.seed),
+                              "d2t": jnp.asarray(d2t)}
+
+
+def training_step(config, drafter, params, target_cfg, optimizer):
+  """(trainable params, step(state, target_params, tokens, mask), full drafter params of a state's
+  trainable params) for the drafter's kind."""
+  t = config.train
+  if isinstance(drafter, DFlashDrafter):
+    step = functools.partial(trainer.dflash_train_step, cfg=drafter.cfg, target_cfg=target_cfg,
+                             optimizer=optimizer, num_anchors=t.num_anchors, gamma=t.gamma,
+                             distill=t.loss == "kl")
+    return params, step, lambda trainable: trainable
+  d2t = params["d2t"]
+  step = functools.partial(trainer.eagle3_train_step, cfg=drafter.cfg, target_cfg=target_cfg,
+                           optimizer=optimizer, ttt_steps=t.ttt_steps, ttt_decay=t.ttt_decay)
+  return (params["model"],
+          lambda state, target, tokens, mask: step(state, target, d2t, tokens, mask),
+          lambda trainable: {"model": trainable, "d2t": d2t})
 
 
 def run_sft(config, workdir: str | None) -> dict:
@@ -75,8 +107,8 @@ def run_sft(config, workdir: str | None) -> dict:
   out.mkdir(parents=True, exist_ok=True)
   t = config.train
   model = load_model(config.model, dtype=config.dtype)
-  drafter, params = make_drafter(config, model)
   examples = regenerated_examples(config, model, out)
+  drafter, params = make_drafter(config, model, examples)
   heldout = [p for name in config.heldout.datasets
              for p in eval_prompts(name, config.heldout.num_prompts, config.data.heldout_fraction)]
   heldout_batch = pad_batch(encode_prompts(model, heldout, chat_template=True),
@@ -84,27 +116,29 @@ def run_sft(config, workdir: str | None) -> dict:
 
   optimizer = trainer.make_optimizer(t.learning_rate, t.warmup_steps, t.steps, t.weight_decay,
                                      t.grad_clip)
-  state = trainer.init_state(params, optimizer, t.seed)
+  if t.loss not in ("ce", "kl"):
+    raise UserError(f"train.loss={t.loss!r}; choose ce or kl")
+  trainable, train_step, full_params = training_step(config, drafter, params, model.cfg, optimizer)
+  state = trainer.init_state(trainable, optimizer, t.seed)
   checkpointer = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
   position = 0
   if checkpointer.latest_step() is not None:
     state, position = checkpointer.restore(state)
     print(f"resumed from step {int(state.step)} (data position {position})")
-  step_flops = flops.dflash_train(drafter.cfg, model.cfg, t.batch_size, config.data.seq_len,
-                                  t.num_anchors)
+  step_flops = (flops.dflash_train(drafter.cfg, model.cfg, t.batch_size, config.data.seq_len,
+                                   t.num_anchors) if isinstance(drafter, DFlashDrafter) else
+                flops.eagle3_train(drafter.cfg, model.cfg, t.batch_size, config.data.seq_len,
+                                   t.ttt_steps))
   # The data stream: a fixed permutation per epoch, addressed by the position in the stream.
   order = lambda epoch: np.random.default_rng([t.seed, epoch]).permutation(len(examples))
 
   def tau_now() -> float:
-    return trainer.heldout_tau(model.cfg, model.params, drafter, state.params, *heldout_batch,
+    return trainer.heldout_tau(model.cfg, model.params, drafter, full_params(state.params),
+                               *heldout_batch,
                                config.heldout.max_new_tokens, model.tokenizer.eos_ids)
 
   log = open(out / "metrics.jsonl", "a")
   best = json.loads((out / "best.json").read_text())["heldout_tau"] if (out / "best.json").is_file() else -1.0
-  step_kwargs = dict(cfg=drafter.cfg, target_cfg=model.cfg, optimizer=optimizer,
-                     num_anchors=t.num_anchors, gamma=t.gamma, distill=t.loss == "kl")
-  if t.loss not in ("ce", "kl"):
-    raise UserError(f"train.loss={t.loss!r}; choose ce or kl")
   start_step = int(state.step)
   with tqdm(total=t.steps, initial=start_step, desc="sft", unit="step") as bar:
     while int(state.step) < t.steps:
@@ -118,14 +152,14 @@ def run_sft(config, workdir: str | None) -> dict:
         bar.write(f"step {step}: held-out tau {tau:.3f}")
         if tau > best:
           best = tau
-          save_drafter(out / "best_drafter", drafter, state.params, model.cfg)
+          save_drafter(out / "best_drafter", drafter, full_params(state.params), model.cfg)
           (out / "best.json").write_text(json.dumps({"step": step, "heldout_tau": tau}))
       indices = [order(p // len(examples))[p % len(examples)]
                  for p in range(position, position + t.batch_size)]
       tokens, mask = data.to_batch([examples[i] for i in indices], config.data.seq_len,
                                    model.tokenizer.pad_id)
       started = time.perf_counter()
-      state, metrics = trainer.dflash_train_step(state, model.params, tokens, mask, **step_kwargs)
+      state, metrics = train_step(state, model.params, tokens, mask)
       loss = float(metrics["loss"])
       position += t.batch_size
       if not np.isfinite(loss):
@@ -134,7 +168,8 @@ def run_sft(config, workdir: str | None) -> dict:
       if (step + 1) % config.log_every == 0:
         log.write(json.dumps({"step": step + 1, "loss": loss,
                               "grad_norm": float(metrics["grad_norm"]),
-                              "accuracy_by_slot": np.asarray(metrics["accuracy_by_slot"]).round(4).tolist(),
+                              **{k: np.asarray(metrics[k]).round(4).tolist()
+                                 for k in ("accuracy_by_slot", "loss_by_step") if k in metrics},
                               "seconds_per_step": time.perf_counter() - started,
                               "train_flops": (step + 1) * sum(step_flops.values()),
                               **{f"flops_{k}": v for k, v in step_flops.items()}}) + "\n")
@@ -147,7 +182,7 @@ def run_sft(config, workdir: str | None) -> dict:
   log.write(json.dumps({"step": int(state.step), "heldout_tau": tau,
                         "train_flops": int(state.step) * sum(step_flops.values())}) + "\n")
   log.close()
-  save_drafter(out / "drafter", drafter, jax.device_get(state.params), model.cfg)
+  save_drafter(out / "drafter", drafter, jax.device_get(full_params(state.params)), model.cfg)
   checkpointer.close()
   print(f"done: step {int(state.step)}, held-out tau {tau:.3f} (best {max(best, tau):.3f}); "
         f"drafter saved to {out / 'drafter'}")

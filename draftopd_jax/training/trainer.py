@@ -17,7 +17,7 @@ from draftopd_jax.decoding import engine
 from draftopd_jax.evaluation import metrics
 from draftopd_jax.models import ModelConfig
 from draftopd_jax.parallel import sharding
-from draftopd_jax.training import dflash_sft
+from draftopd_jax.training import dflash_sft, eagle3_sft
 
 
 @flax.struct.dataclass
@@ -62,6 +62,30 @@ _STEP_STATICS = ("cfg", "target_cfg", "optimizer", "num_anchors", "gamma", "dist
 dflash_train_step = jax.jit(_dflash_step, static_argnames=_STEP_STATICS,
                             donate_argnames=("state",))
 dflash_train_step.__doc__ = "One DFlash SFT step on the default device (see `sharded_dflash_step`)."
+
+
+def _eagle3_step(state: TrainState, target_params: dict, d2t_Vd: jax.Array, tokens_BxT: jax.Array,
+                 loss_mask_BxT: jax.Array, *, cfg, target_cfg: ModelConfig,
+                 optimizer: optax.GradientTransformation, ttt_steps: int, ttt_decay: float
+                 ) -> tuple[TrainState, dict]:
+  """EAGLE-3 SFT step; `state.params` holds the trainable weights, `d2t_Vd` stays fixed."""
+
+  def loss(model_params):
+    return eagle3_sft.loss_fn({"model": model_params, "d2t": d2t_Vd}, cfg, target_cfg,
+                              target_params, tokens_BxT, loss_mask_BxT, steps=ttt_steps,
+                              decay=ttt_decay)
+
+  (_, step_metrics), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  step_metrics["grad_norm"] = optax.global_norm(grads)
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                    rng=state.rng), step_metrics
+
+
+eagle3_train_step = jax.jit(_eagle3_step, static_argnames=("cfg", "target_cfg", "optimizer",
+                                                           "ttt_steps", "ttt_decay"),
+                            donate_argnames=("state",))
 
 
 def sharded_dflash_step(mesh: Mesh, state: TrainState, target_params: dict, **statics):
