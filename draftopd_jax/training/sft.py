@@ -138,7 +138,8 @@ def run_sft(config, workdir: str | None) -> dict:
                                config.heldout.max_new_tokens, model.tokenizer.eos_ids)
 
   log = open(out / "metrics.jsonl", "a")
-  best = json.loads((out / "best.json").read_text())["heldout_tau"] if (out / "best.json").is_file() else -1.0
+  best_file = out / "best.json"  # survives restarts, so a resumed run keeps the true best
+  best = json.loads(best_file.read_text())["heldout_tau"] if best_file.is_file() else -1.0
   start_step = int(state.step)
   with tqdm(total=t.steps, initial=start_step, desc="sft", unit="step") as bar:
     while int(state.step) < t.steps:
@@ -153,7 +154,7 @@ def run_sft(config, workdir: str | None) -> dict:
         if tau > best:
           best = tau
           save_drafter(out / "best_drafter", drafter, full_params(state.params), model.cfg)
-          (out / "best.json").write_text(json.dumps({"step": step, "heldout_tau": tau}))
+          best_file.write_text(json.dumps({"step": step, "heldout_tau": tau}))
       indices = [order(p // len(examples))[p % len(examples)]
                  for p in range(position, position + t.batch_size)]
       tokens, mask = data.to_batch([examples[i] for i in indices], config.data.seq_len,
