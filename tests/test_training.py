@@ -11,6 +11,7 @@ from draftopd_jax.decoding import engine
 from draftopd_jax.decoding.completions import pad_batch
 from draftopd_jax.decoding.drafters import DFlashDrafter
 from draftopd_jax.models import ModelConfig, dflash, init_params
+from draftopd_jax.parallel import sharding
 from draftopd_jax.training import data, dflash_sft, trainer
 
 CFG = ModelConfig(family="qwen3", vocab_size=53, hidden_size=32, num_layers=4, num_heads=4,
@@ -80,6 +81,9 @@ def test_dflash_sft_lowers_loss_and_raises_heldout_tau(tmp_path):
   cfg = dflash.DFlashConfig.for_target(CFG, num_layers=2, block_size=4, mask_token_id=52)
   optimizer = trainer.make_optimizer(3e-3, warmup_steps=5, total_steps=200)
   state = trainer.init_state(dflash.init_params(cfg), optimizer, seed=0)
+  step_fn = trainer.dflash_step_fn(cfg=cfg, target_cfg=CFG, optimizer=optimizer, num_anchors=8,
+                                   gamma=0.0, distill=False)
+  train_step, state, target = trainer.shard_step(step_fn, sharding.make_mesh(), state, PARAMS)
   heldout_prompts = pad_batch([list(e.prompt_ids) for e in heldout], 0)
   tau = lambda params: trainer.heldout_tau(CFG, PARAMS, DFlashDrafter(cfg), params,
                                            *heldout_prompts, max_new_tokens=24, eos_ids=())
@@ -87,9 +91,7 @@ def test_dflash_sft_lowers_loss_and_raises_heldout_tau(tmp_path):
   losses = []
   for step in range(200):
     tokens, mask = data.to_batch([train[(step * 16 + i) % 64] for i in range(16)], 40, 0)
-    state, m = trainer.dflash_train_step(state, PARAMS, tokens, mask, cfg=cfg, target_cfg=CFG,
-                                         optimizer=optimizer, num_anchors=8, gamma=0.0,
-                                         distill=False)
+    state, m = train_step(state, target, tokens, mask)
     losses.append(float(m["loss"]))
   assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:5])
   assert tau(state.params) > tau_before + 0.08

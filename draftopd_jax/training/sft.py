@@ -1,13 +1,13 @@
 """`main.py` mode `sft`: train a DFlash or EAGLE-3 drafter on target-regenerated responses.
 
-Prompts come from the ShareGPT train split (or a JSONL file); the target regenerates responses
-once (cached in the workdir); the loop trains with the jitted step, measures held-out tau every
-`eval_every` steps, logs to stdout and `metrics.jsonl`, checkpoints with orbax and resumes from
-the latest checkpoint. The final and the best (held-out tau) drafters are saved as drafter
+Prompts come from the ShareGPT train split (or a prompts file, or TFDS); the target regenerates
+responses once (cached in the workdir); the loop trains with the jitted step, sharded on the
+config's mesh by its logical-axis rules, measures held-out tau every `eval_every` steps, logs to
+stdout, `metrics.jsonl` and TensorBoard, checkpoints with orbax and resumes from the latest
+checkpoint. The final and the best (held-out tau) drafters are saved as drafter
 checkpoints that `configs/eval.py` loads.
 """
 
-import functools
 import json
 import pathlib
 import time
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from draftopd_jax.data.prompts import eval_prompts, read_prompts_file, sharegpt_prompts
+from draftopd_jax.data import prompts
 from draftopd_jax.decoding import engine
 from draftopd_jax.decoding.completions import encode_prompts, pad_batch
 from draftopd_jax.decoding.drafters import DFlashDrafter, Eagle3Drafter
@@ -26,14 +26,18 @@ from draftopd_jax.errors import UserError
 from draftopd_jax.io import LoadedModel, load_model
 from draftopd_jax.io.drafter_checkpoint import load_drafter, save_drafter
 from draftopd_jax.models import dflash, eagle3
+from draftopd_jax.parallel import sharding
 from draftopd_jax.training import data, flops, trainer
 from draftopd_jax.training.checkpoints import Checkpointer
+from draftopd_jax.training.metric_writer import MetricWriter
 
 
 def training_prompts(config, model: LoadedModel) -> list[list[int]]:
   d = config.data
-  texts = (read_prompts_file(d.prompts_file) if d.prompts_file
-           else sharegpt_prompts("train", d.num_prompts, d.heldout_fraction))
+  texts = prompts.training_prompts(d.source, "train", d.num_prompts, d.heldout_fraction,
+                                   d.tfds_field, d.tfds_data_dir)
+  if not texts:
+    raise UserError(f"data.source={d.source!r} gave no training prompts")
   encoded = encode_prompts(model, texts, chat_template=True)
   kept = [ids for ids in encoded if len(ids) <= d.max_prompt_tokens]
   if not kept:
@@ -84,20 +88,18 @@ def make_drafter(config, model: LoadedModel, examples: list[data.Example]):
 
 
 def training_step(config, drafter, params, target_cfg, optimizer):
-  """(trainable params, step(state, target_params, tokens, mask), full drafter params of a state's
-  trainable params) for the drafter's kind."""
+  """(trainable params, step function, full drafter params of a state's trainable params) for
+  the drafter's kind."""
   t = config.train
   if isinstance(drafter, DFlashDrafter):
-    step = functools.partial(trainer.dflash_train_step, cfg=drafter.cfg, target_cfg=target_cfg,
-                             optimizer=optimizer, num_anchors=t.num_anchors, gamma=t.gamma,
-                             distill=t.loss == "kl")
+    step = trainer.dflash_step_fn(cfg=drafter.cfg, target_cfg=target_cfg, optimizer=optimizer,
+                                  num_anchors=t.num_anchors, gamma=t.gamma,
+                                  distill=t.loss == "kl")
     return params, step, lambda trainable: trainable
   d2t = params["d2t"]
-  step = functools.partial(trainer.eagle3_train_step, cfg=drafter.cfg, target_cfg=target_cfg,
-                           optimizer=optimizer, ttt_steps=t.ttt_steps, ttt_decay=t.ttt_decay)
-  return (params["model"],
-          lambda state, target, tokens, mask: step(state, target, d2t, tokens, mask),
-          lambda trainable: {"model": trainable, "d2t": d2t})
+  step = trainer.eagle3_step_fn(d2t_Vd=d2t, cfg=drafter.cfg, target_cfg=target_cfg,
+                                optimizer=optimizer, ttt_steps=t.ttt_steps, ttt_decay=t.ttt_decay)
+  return params["model"], step, lambda trainable: {"model": trainable, "d2t": d2t}
 
 
 def run_sft(config, workdir: str | None) -> dict:
@@ -106,20 +108,31 @@ def run_sft(config, workdir: str | None) -> dict:
   out = pathlib.Path(workdir)
   out.mkdir(parents=True, exist_ok=True)
   t = config.train
+  if t.loss not in ("ce", "kl"):
+    raise UserError(f"train.loss={t.loss!r}; choose ce or kl")
+  try:
+    mesh = sharding.make_mesh(**config.mesh)
+  except ValueError as e:
+    raise UserError(str(e)) from None
+  rows = sharding.batch_rows_multiple(mesh, config.sharding_rules)
+  if t.batch_size % rows:
+    raise UserError(f"train.batch_size={t.batch_size} must be a multiple of {rows}, the mesh "
+                    "axes that split the batch")
   model = load_model(config.model, dtype=config.dtype)
   examples = regenerated_examples(config, model, out)
   drafter, params = make_drafter(config, model, examples)
   heldout = [p for name in config.heldout.datasets
-             for p in eval_prompts(name, config.heldout.num_prompts, config.data.heldout_fraction)]
+             for p in prompts.eval_prompts(name, config.heldout.num_prompts,
+                                           config.data.heldout_fraction)]
   heldout_batch = pad_batch(encode_prompts(model, heldout, chat_template=True),
                             model.tokenizer.pad_id)
 
   optimizer = trainer.make_optimizer(t.learning_rate, t.warmup_steps, t.steps, t.weight_decay,
                                      t.grad_clip)
-  if t.loss not in ("ce", "kl"):
-    raise UserError(f"train.loss={t.loss!r}; choose ce or kl")
-  trainable, train_step, full_params = training_step(config, drafter, params, model.cfg, optimizer)
-  state = trainer.init_state(trainable, optimizer, t.seed)
+  trainable, step_fn, full_params = training_step(config, drafter, params, model.cfg, optimizer)
+  train_step, state, target_params = trainer.shard_step(
+      step_fn, mesh, trainer.init_state(trainable, optimizer, t.seed), model.params,
+      config.sharding_rules)
   checkpointer = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
   position = 0
   if checkpointer.latest_step() is not None:
@@ -129,27 +142,24 @@ def run_sft(config, workdir: str | None) -> dict:
                                    t.num_anchors) if isinstance(drafter, DFlashDrafter) else
                 flops.eagle3_train(drafter.cfg, model.cfg, t.batch_size, config.data.seq_len,
                                    t.ttt_steps))
+  flops_per_step = sum(step_flops.values())
   # The data stream: a fixed permutation per epoch, addressed by the position in the stream.
   order = lambda epoch: np.random.default_rng([t.seed, epoch]).permutation(len(examples))
 
   def tau_now() -> float:
-    return trainer.heldout_tau(model.cfg, model.params, drafter, full_params(state.params),
+    return trainer.heldout_tau(model.cfg, target_params, drafter, full_params(state.params),
                                *heldout_batch,
                                config.heldout.max_new_tokens, model.tokenizer.eos_ids)
 
-  log = open(out / "metrics.jsonl", "a")
+  writer = MetricWriter(out, tensorboard=config.tensorboard)
   best_file = out / "best.json"  # survives restarts, so a resumed run keeps the true best
   best = json.loads(best_file.read_text())["heldout_tau"] if best_file.is_file() else -1.0
-  start_step = int(state.step)
-  with tqdm(total=t.steps, initial=start_step, desc="sft", unit="step") as bar:
+  with tqdm(total=t.steps, initial=int(state.step), desc="sft", unit="step") as bar:
     while int(state.step) < t.steps:
       step = int(state.step)
       if step % config.eval_every == 0:
         tau = tau_now()
-        record = {"step": step, "heldout_tau": tau,
-                  "train_flops": step * sum(step_flops.values())}
-        log.write(json.dumps(record) + "\n")
-        log.flush()
+        writer.write(step, {"heldout_tau": tau, "train_flops": step * flops_per_step})
         bar.write(f"step {step}: held-out tau {tau:.3f}")
         if tau > best:
           best = tau
@@ -160,29 +170,28 @@ def run_sft(config, workdir: str | None) -> dict:
       tokens, mask = data.to_batch([examples[i] for i in indices], config.data.seq_len,
                                    model.tokenizer.pad_id)
       started = time.perf_counter()
-      state, metrics = train_step(state, model.params, tokens, mask)
+      state, metrics = train_step(state, target_params, tokens, mask)
       loss = float(metrics["loss"])
       position += t.batch_size
       if not np.isfinite(loss):
         raise UserError(f"loss became {loss} at step {step}; the last good checkpoint is kept "
                         "(lower train.learning_rate)")
       if (step + 1) % config.log_every == 0:
-        log.write(json.dumps({"step": step + 1, "loss": loss,
-                              "grad_norm": float(metrics["grad_norm"]),
-                              **{k: np.asarray(metrics[k]).round(4).tolist()
-                                 for k in ("accuracy_by_slot", "loss_by_step") if k in metrics},
-                              "seconds_per_step": time.perf_counter() - started,
-                              "train_flops": (step + 1) * sum(step_flops.values()),
-                              **{f"flops_{k}": v for k, v in step_flops.items()}}) + "\n")
-        log.flush()
+        writer.write(step + 1, {
+            "loss": loss, "grad_norm": float(metrics["grad_norm"]),
+            **{k: np.asarray(metrics[k]).round(4).tolist()
+               for k in ("accuracy_by_slot", "loss_by_step") if k in metrics},
+            "seconds_per_step": time.perf_counter() - started,
+            "train_flops": (step + 1) * flops_per_step,
+            **{f"flops_{k}": v for k, v in step_flops.items()}})
       bar.set_postfix(loss=f"{loss:.3f}")
       bar.update(1)
       if int(state.step) % config.checkpoint_every == 0 or int(state.step) == t.steps:
         checkpointer.save(state, position)
   tau = tau_now()
-  log.write(json.dumps({"step": int(state.step), "heldout_tau": tau,
-                        "train_flops": int(state.step) * sum(step_flops.values())}) + "\n")
-  log.close()
+  writer.write(int(state.step), {"heldout_tau": tau,
+                                 "train_flops": int(state.step) * flops_per_step})
+  writer.close()
   save_drafter(out / "drafter", drafter, jax.device_get(full_params(state.params)), model.cfg)
   checkpointer.close()
   print(f"done: step {int(state.step)}, held-out tau {tau:.3f} (best {max(best, tau):.3f}); "

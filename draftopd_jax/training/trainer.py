@@ -5,6 +5,7 @@ global-norm gradient clipping, gradients only for the drafter (the target is an 
 """
 
 import functools
+from collections.abc import Callable
 
 import flax
 import jax
@@ -26,6 +27,10 @@ class TrainState:
   params: dict
   opt_state: optax.OptState
   rng: jax.Array  # a raw uint32 key, so orbax saves it as a plain array
+
+
+# (state, target_params, tokens_BxT, loss_mask_BxT) -> (state, metrics)
+StepFn = Callable[..., tuple[TrainState, dict]]
 
 
 def make_optimizer(learning_rate: float, warmup_steps: int, total_steps: int,
@@ -58,14 +63,14 @@ def _dflash_step(state: TrainState, target_params: dict, tokens_BxT: jax.Array,
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), step_metrics
 
 
-_STEP_STATICS = ("cfg", "target_cfg", "optimizer", "num_anchors", "gamma", "distill")
-dflash_train_step = jax.jit(_dflash_step, static_argnames=_STEP_STATICS,
-                            donate_argnames=("state",))
-dflash_train_step.__doc__ = "One DFlash SFT step on the default device (see `sharded_dflash_step`)."
+def dflash_step_fn(*, cfg, target_cfg: ModelConfig, optimizer: optax.GradientTransformation,
+                   num_anchors: int, gamma: float, distill: bool) -> StepFn:
+  return functools.partial(_dflash_step, cfg=cfg, target_cfg=target_cfg, optimizer=optimizer,
+                           num_anchors=num_anchors, gamma=gamma, distill=distill)
 
 
-def _eagle3_step(state: TrainState, target_params: dict, d2t_Vd: jax.Array, tokens_BxT: jax.Array,
-                 loss_mask_BxT: jax.Array, *, cfg, target_cfg: ModelConfig,
+def _eagle3_step(state: TrainState, target_params: dict, tokens_BxT: jax.Array,
+                 loss_mask_BxT: jax.Array, *, d2t_Vd: jax.Array, cfg, target_cfg: ModelConfig,
                  optimizer: optax.GradientTransformation, ttt_steps: int, ttt_decay: float
                  ) -> tuple[TrainState, dict]:
   """EAGLE-3 SFT step; `state.params` holds the trainable weights, `d2t_Vd` stays fixed."""
@@ -83,24 +88,29 @@ def _eagle3_step(state: TrainState, target_params: dict, d2t_Vd: jax.Array, toke
                     rng=state.rng), step_metrics
 
 
-eagle3_train_step = jax.jit(_eagle3_step, static_argnames=("cfg", "target_cfg", "optimizer",
-                                                           "ttt_steps", "ttt_decay"),
-                            donate_argnames=("state",))
+def eagle3_step_fn(*, d2t_Vd: jax.Array, cfg, target_cfg: ModelConfig,
+                   optimizer: optax.GradientTransformation, ttt_steps: int,
+                   ttt_decay: float) -> StepFn:
+  return functools.partial(_eagle3_step, d2t_Vd=d2t_Vd, cfg=cfg, target_cfg=target_cfg,
+                           optimizer=optimizer, ttt_steps=ttt_steps, ttt_decay=ttt_decay)
 
 
-def sharded_dflash_step(mesh: Mesh, state: TrainState, target_params: dict, **statics):
-  """The same step under `jax.jit` with explicit shardings on `mesh` (today's pjit): drafter
-  params and optimizer state split over "fsdp", the target over "tensor", batch rows over
-  ("data", "fsdp"), the state donated."""
-  state_sharding = TrainState(step=sharding.replicated(mesh),
-                              params=sharding.param_shardings(mesh, state.params),
-                              opt_state=sharding.param_shardings(mesh, state.opt_state),
-                              rng=sharding.replicated(mesh))
-  target_sharding = sharding.param_shardings(mesh, target_params, axis="tensor")
-  rows = sharding.batch_sharding(mesh)
-  return jax.jit(functools.partial(_dflash_step, **statics),
-                 in_shardings=(state_sharding, target_sharding, rows, rows),
+def shard_step(step_fn: StepFn, mesh: Mesh, state: TrainState, target_params: dict,
+               rules: sharding.Rules = sharding.DEFAULT_RULES
+               ) -> tuple[StepFn, TrainState, dict]:
+  """`step_fn` under `jax.jit` with explicit shardings on `mesh` (today's pjit), the state donated;
+  returns it with `state` and `target_params` placed on the mesh.
+
+  Drafter params and optimizer state are split by the logical-axis `rules` (FSDP and tensor
+  parallelism), the frozen target the same way, batch rows by the "batch" rule.
+  """
+  state_sharding = sharding.tree_shardings(mesh, rules, state)
+  target_sharding = sharding.tree_shardings(mesh, rules, target_params)
+  rows = sharding.batch_sharding(mesh, rules)
+  step = jax.jit(step_fn, in_shardings=(state_sharding, target_sharding, rows, rows),
                  out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+  return (step, jax.device_put(state, state_sharding),
+          jax.device_put(target_params, target_sharding))
 
 
 def heldout_tau(target_cfg: ModelConfig, target_params: dict, drafter, drafter_params,

@@ -1,4 +1,5 @@
-"""Run with 8 fake CPU devices: the sharded DFlash SFT step equals the single-device one.
+"""Run with 8 fake CPU devices: the DFlash SFT step sharded over data=2 x fsdp=2 x tensor=2 (by the
+logical-axis rules) equals the single-device one.
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/multidevice/sharded_step.py
 Prints the largest differences and exits non-zero if they exceed the tolerance.
@@ -9,6 +10,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from draftopd_jax.models import ModelConfig, dflash, init_params
 from draftopd_jax.parallel import sharding
@@ -20,7 +22,8 @@ CFG = ModelConfig(family="qwen3", vocab_size=64, hidden_size=32, num_layers=4, n
 TARGET = init_params(CFG, seed=3)
 D_CFG = dflash.DFlashConfig.for_target(CFG, num_layers=2, block_size=4, mask_token_id=63)
 OPT = trainer.make_optimizer(1e-2, warmup_steps=1, total_steps=10)
-STATICS = dict(cfg=D_CFG, target_cfg=CFG, optimizer=OPT, num_anchors=4, gamma=0.0, distill=False)
+STEP = trainer.dflash_step_fn(cfg=D_CFG, target_cfg=CFG, optimizer=OPT, num_anchors=4, gamma=0.0,
+                              distill=False)
 rng = np.random.default_rng(0)
 TOKENS = [jnp.asarray(rng.integers(0, 63, (8, 24)), jnp.int32) for _ in range(3)]
 MASK = jnp.asarray(np.arange(24)[None].repeat(8, 0) >= 6)
@@ -35,14 +38,14 @@ def run(step_fn, state, target):
 
 
 single_losses, single_params = run(
-    lambda s, t, x, m: trainer.dflash_train_step(s, t, x, m, **STATICS),
-    trainer.init_state(dflash.init_params(D_CFG), OPT, 0), TARGET)
-mesh = sharding.make_mesh(data=2, fsdp=4)
-state = trainer.init_state(dflash.init_params(D_CFG), OPT, 0)
-step = trainer.sharded_dflash_step(mesh, state, TARGET, **STATICS)
-split = jax.tree.leaves(sharding.param_shardings(mesh, state.params))
-assert any(s.spec != jax.sharding.PartitionSpec() for s in split), "nothing was sharded"
-sharded_losses, sharded_params = run(step, state, TARGET)
+    jax.jit(STEP), trainer.init_state(dflash.init_params(D_CFG), OPT, 0), TARGET)
+mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+step, state, target = trainer.shard_step(STEP, mesh, trainer.init_state(dflash.init_params(D_CFG),
+                                                                         OPT, 0), TARGET)
+specs = {s.spec for s in jax.tree.leaves(jax.tree.map(lambda x: x.sharding, (state, target)))}
+for spec in (P(None, "fsdp", "tensor"), P(None, "tensor", "fsdp"), P("tensor", "fsdp")):
+  assert spec in specs, f"{spec} missing from {specs}"  # stacked q/k/v, o/down, embedding
+sharded_losses, sharded_params = run(step, state, target)
 
 loss_gap = max(abs(a - b) for a, b in zip(single_losses, sharded_losses))
 param_gap = max(float(np.abs(a - b).max()) for a, b in

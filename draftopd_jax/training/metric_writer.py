@@ -1,0 +1,35 @@
+"""Training metrics to a JSONL file (the record of a run, appended across restarts) and to
+TensorBoard event files (for watching it)."""
+
+import json
+import pathlib
+from numbers import Number
+
+from tensorboardX import SummaryWriter
+
+
+class MetricWriter:
+
+  def __init__(self, workdir: str | pathlib.Path, tensorboard: bool = True):
+    workdir = pathlib.Path(workdir)
+    self.jsonl = open(workdir / "metrics.jsonl", "a")
+    self.tensorboard = SummaryWriter(str(workdir / "tensorboard")) if tensorboard else None
+
+  def write(self, step: int, record: dict) -> None:
+    """Appends {"step": step, **record}; numbers and lists of numbers (one curve per index,
+    e.g. accuracy per block slot) also go to TensorBoard."""
+    self.jsonl.write(json.dumps({"step": step, **record}) + "\n")
+    self.jsonl.flush()
+    if self.tensorboard is None:
+      return
+    for name, value in record.items():
+      values = value if isinstance(value, list) else [value]
+      for i, v in enumerate(values):
+        if isinstance(v, Number):
+          self.tensorboard.add_scalar(f"{name}/{i}" if isinstance(value, list) else name, v, step)
+    self.tensorboard.flush()
+
+  def close(self) -> None:
+    self.jsonl.close()
+    if self.tensorboard is not None:
+      self.tensorboard.close()
