@@ -36,14 +36,19 @@ class Trace:
   proposals_BxNxK1: jax.Array
   proposal_logprob_BxNxK1: jax.Array
   num_steps_B: jax.Array
+  # The target's full log-probs (temperature 1) at the proposal rows of each verify pass, when
+  # asked for (Draft-OPD's full-vocabulary reverse KL needs them); else None.
+  verify_logprobs_BxNxK1xV: jax.Array | None = None
 
   @classmethod
-  def create(cls, batch: int, steps: int, k: int) -> "Trace":
+  def create(cls, batch: int, steps: int, k: int, record_vocab: int = 0) -> "Trace":
     zeros = lambda *shape, dtype=jnp.int32: jnp.zeros((batch, steps) + shape, dtype)
     return cls(anchor_pos_BxN=jnp.full((batch, steps), -1, jnp.int32), accepted_BxN=zeros(),
                committed_BxN=zeros(), proposals_BxNxK1=zeros(k - 1),
                proposal_logprob_BxNxK1=zeros(k - 1, dtype=jnp.float32),
-               num_steps_B=jnp.zeros((batch,), jnp.int32))
+               num_steps_B=jnp.zeros((batch,), jnp.int32),
+               verify_logprobs_BxNxK1xV=(zeros(k - 1, record_vocab, dtype=jnp.float32)
+                                         if record_vocab else None))
 
 
 @flax.struct.dataclass
@@ -74,10 +79,11 @@ def _is_eos(tokens: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:
 _STATICS = ("target_cfg", "drafter", "max_new_tokens", "sampling", "eos_ids", "verify_impl")
 
 
-@functools.partial(jax.jit, static_argnames=_STATICS[:5])
+@functools.partial(jax.jit, static_argnames=_STATICS[:5] + ("record_verify_logprobs",))
 def prefill(target_cfg: ModelConfig, target_params: Params, drafter, drafter_params,
             prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, rng: jax.Array, *,
-            max_new_tokens: int, sampling: SamplingConfig, eos_ids: tuple[int, ...]) -> DecodeState:
+            max_new_tokens: int, sampling: SamplingConfig, eos_ids: tuple[int, ...],
+            record_verify_logprobs: bool = False) -> DecodeState:
   """Runs the prompts through the target, commits the first new token, primes the drafter."""
   b, p = prompt_BxP.shape
   k = drafter.block_size
@@ -100,7 +106,9 @@ def prefill(target_cfg: ModelConfig, target_params: Params, drafter, drafter_par
   return DecodeState(tokens_BxS=tokens_BxS, prompt_lens_B=prompt_lens_B, lengths_B=lengths_B,
                      done_B=_is_eos(first_B, eos_ids) | (max_new_tokens <= 1),
                      cache=out.cache, drafter_state=drafter_state, rng=rng,
-                     step=jnp.zeros((), jnp.int32), trace=Trace.create(b, max_new_tokens, k))
+                     step=jnp.zeros((), jnp.int32),
+                     trace=Trace.create(b, max_new_tokens, k, target_cfg.vocab_size
+                                        if record_verify_logprobs else 0))
 
 
 def _verify_step(target_cfg, target_params, drafter, drafter_params, s: DecodeState, *,
@@ -148,7 +156,11 @@ def _verify_step(target_cfg, target_params, drafter, drafter_params, s: DecodeSt
       proposals_BxNxK1=t.proposals_BxNxK1.at[rows_B, n_B].set(proposals_BxK1, mode="drop"),
       proposal_logprob_BxNxK1=t.proposal_logprob_BxNxK1.at[rows_B, n_B].set(
           verdict.proposal_logprob_BxK1, mode="drop"),
-      num_steps_B=t.num_steps_B + (~s.done_B))
+      num_steps_B=t.num_steps_B + (~s.done_B),
+      verify_logprobs_BxNxK1xV=None if t.verify_logprobs_BxNxK1xV is None else
+      t.verify_logprobs_BxNxK1xV.at[rows_B, n_B].set(
+          jax.nn.log_softmax(out.logits_BxTxV[:, :-1].astype(jnp.float32), axis=-1),
+          mode="drop"))
   return DecodeState(tokens_BxS=tokens_BxS, prompt_lens_B=s.prompt_lens_B, lengths_B=lengths_B,
                      done_B=done_B, cache=out.cache, drafter_state=drafter_state, rng=rng,
                      step=s.step + 1, trace=trace)

@@ -121,11 +121,11 @@ def run_sft(config, workdir: str | None) -> dict:
   model = load_model(config.model, dtype=config.dtype)
   examples = regenerated_examples(config, model, out)
   drafter, params = make_drafter(config, model, examples)
-  heldout = [p for name in config.heldout.datasets
-             for p in prompts.eval_prompts(name, config.heldout.num_prompts,
-                                           config.data.heldout_fraction)]
-  heldout_batch = pad_batch(encode_prompts(model, heldout, chat_template=True),
-                            model.tokenizer.pad_id)
+  heldout_batches = {
+      name: pad_batch(encode_prompts(model, prompts.eval_prompts(
+          name, config.heldout.num_prompts, config.data.heldout_fraction), chat_template=True),
+          model.tokenizer.pad_id)
+      for name in config.heldout.datasets}
 
   optimizer = trainer.make_optimizer(t.learning_rate, t.warmup_steps, t.steps, t.weight_decay,
                                      t.grad_clip)
@@ -146,10 +146,13 @@ def run_sft(config, workdir: str | None) -> dict:
   # The data stream: a fixed permutation per epoch, addressed by the position in the stream.
   order = lambda epoch: np.random.default_rng([t.seed, epoch]).permutation(len(examples))
 
-  def tau_now() -> float:
-    return trainer.heldout_tau(model.cfg, target_params, drafter, full_params(state.params),
-                               *heldout_batch,
-                               config.heldout.max_new_tokens, model.tokenizer.eos_ids)
+  def tau_now() -> dict[str, float]:
+    """Held-out tau per dataset, and their mean as "heldout_tau"."""
+    taus = {f"heldout_tau/{name}": trainer.heldout_tau(
+        model.cfg, target_params, drafter, full_params(state.params), *batch,
+        config.heldout.max_new_tokens, model.tokenizer.eos_ids)
+        for name, batch in heldout_batches.items()}
+    return {"heldout_tau": float(np.mean(list(taus.values()))), **taus}
 
   writer = MetricWriter(out, tensorboard=config.tensorboard)
   best_file = out / "best.json"  # survives restarts, so a resumed run keeps the true best
@@ -158,9 +161,11 @@ def run_sft(config, workdir: str | None) -> dict:
     while int(state.step) < t.steps:
       step = int(state.step)
       if step % config.eval_every == 0:
-        tau = tau_now()
-        writer.write(step, {"heldout_tau": tau, "train_flops": step * flops_per_step})
-        bar.write(f"step {step}: held-out tau {tau:.3f}")
+        taus = tau_now()
+        tau = taus["heldout_tau"]
+        writer.write(step, {**taus, "train_flops": step * flops_per_step})
+        bar.write(f"step {step}: held-out tau " + ", ".join(f"{k.split('/')[-1]} {v:.3f}"
+                                                             for k, v in taus.items()))
         if tau > best:
           best = tau
           save_drafter(out / "best_drafter", drafter, full_params(state.params), model.cfg)
@@ -188,9 +193,9 @@ def run_sft(config, workdir: str | None) -> dict:
       bar.update(1)
       if int(state.step) % config.checkpoint_every == 0 or int(state.step) == t.steps:
         checkpointer.save(state, position)
-  tau = tau_now()
-  writer.write(int(state.step), {"heldout_tau": tau,
-                                 "train_flops": int(state.step) * flops_per_step})
+  taus = tau_now()
+  tau = taus["heldout_tau"]
+  writer.write(int(state.step), {**taus, "train_flops": int(state.step) * flops_per_step})
   writer.close()
   save_drafter(out / "drafter", drafter, jax.device_get(full_params(state.params)), model.cfg)
   checkpointer.close()

@@ -1,0 +1,78 @@
+"""Draft-OPD's per-token losses and how the two token streams are combined (digest §2.5).
+
+Two estimators of each KL:
+* "sampled": the official code's single-token surrogates. Forward KL is the two-outcome
+  (Bernoulli) KL on {y, not y} of the committed token y; reverse KL is the k3 estimator
+  exp(d) - d - 1, d = log p(y) - log q(y), of the drafter's own (greedy) proposal y. Log-probs
+  are clamped to [-10, log(1 - 1e-6)] (Bernoulli) and d to [-20, 20] (k3); each token's loss to
+  [-10, 10], as the code does.
+* "full": the paper's full-vocabulary KL(p || q) and KL(q || p).
+Two aggregations: "pooled" (one weighted token mean over both streams, the code) and
+"mean_of_means" (the weighted mean of each stream, then their λ-weighted mean, the paper).
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+LOGPROB_MIN = -10.0
+LOGPROB_MAX = math.log1p(-1e-6)
+LOSS_CLAMP = 10.0
+
+
+def bernoulli_forward_kl(teacher_logprob: jax.Array, student_logprob: jax.Array) -> jax.Array:
+  """KL(Bern(p) || Bern(q)) with p, q the teacher's and student's probability of the token."""
+  lp = jnp.clip(teacher_logprob, LOGPROB_MIN, LOGPROB_MAX)
+  lq = jnp.clip(student_logprob, LOGPROB_MIN, LOGPROB_MAX)
+  p = jnp.exp(lp)
+  loss = p * (lp - lq) + (1 - p) * (jnp.log1p(-p) - jnp.log1p(-jnp.exp(lq)))
+  return jnp.clip(loss, -LOSS_CLAMP, LOSS_CLAMP)
+
+
+def k3_reverse_kl(teacher_logprob: jax.Array, student_logprob: jax.Array) -> jax.Array:
+  """One-sample estimate of KL(q || p) at a token drawn from q: exp(d) - d - 1, d = lp - lq."""
+  d = jnp.clip(teacher_logprob - student_logprob, -20.0, 20.0)
+  return jnp.clip(jnp.exp(d) - d - 1, -LOSS_CLAMP, LOSS_CLAMP)
+
+
+def full_kl(from_logprobs_xV: jax.Array, to_logprobs_xV: jax.Array) -> jax.Array:
+  """KL(a || b) over the last axis, from log-probabilities."""
+  return jnp.sum(jnp.exp(from_logprobs_xV) * (from_logprobs_xV - to_logprobs_xV), axis=-1)
+
+
+def token_loss(direction: str, estimator: str, teacher_logprob: jax.Array,
+               student_logprob: jax.Array, teacher_logprobs_xV: jax.Array | None = None,
+               student_logprobs_xV: jax.Array | None = None) -> jax.Array:
+  """Per-token loss: `direction` "forward" (KL(p || q)) or "reverse" (KL(q || p)); the sampled
+  estimators use the token's log-probs, the full ones the whole distributions."""
+  if estimator == "sampled":
+    fn = bernoulli_forward_kl if direction == "forward" else k3_reverse_kl
+    return fn(teacher_logprob, student_logprob)
+  if direction == "forward":
+    return full_kl(teacher_logprobs_xV, student_logprobs_xV)
+  return full_kl(student_logprobs_xV, teacher_logprobs_xV)
+
+
+def position_weights(block_size: int, gamma: float, decay: bool) -> jax.Array:
+  """Weights of offsets 1..K-1 on the rejected stream: gamma^(offset-1), or ones."""
+  offsets = jnp.arange(1, block_size, dtype=jnp.float32)
+  return gamma ** (offsets - 1) if decay else jnp.ones_like(offsets)
+
+
+def combine(response_loss: jax.Array, response_weight: jax.Array, rejected_loss: jax.Array,
+            rejected_weight: jax.Array, *, aggregation: str, response_lambda: float,
+            rejected_lambda: float) -> jax.Array:
+  """The scalar loss from per-token losses and weights (0 where a token is not in its stream)."""
+  sum_a, count_a = jnp.sum(response_loss * response_weight), jnp.sum(response_weight)
+  sum_r, count_r = jnp.sum(rejected_loss * rejected_weight), jnp.sum(rejected_weight)
+  if aggregation == "pooled":
+    return ((response_lambda * sum_a + rejected_lambda * sum_r)
+            / jnp.maximum(response_lambda * count_a + rejected_lambda * count_r, 1e-6))
+  if aggregation != "mean_of_means":
+    raise ValueError(f"aggregation must be pooled or mean_of_means, got {aggregation!r}")
+  # A stream with no tokens in the batch drops out instead of pulling the mean to zero.
+  lam_a = jnp.where(count_a > 0, response_lambda, 0.0)
+  lam_r = jnp.where(count_r > 0, rejected_lambda, 0.0)
+  return ((lam_a * sum_a / jnp.maximum(count_a, 1e-6) + lam_r * sum_r / jnp.maximum(count_r, 1e-6))
+          / jnp.maximum(lam_a + lam_r, 1e-6))

@@ -1,0 +1,127 @@
+"""One Draft-OPD update as a single jitted function of (state, target, prompts):
+
+rollout (the engine's prefill + `while_loop` with the current drafter) -> anchor plan from the
+trace -> teacher pass of the frozen target over the committed sequences -> replay of all planned
+blocks with gradients -> two-stream loss -> AdamW update. With `rollouts_per_update` R > 1 the
+prompt batch is split into R rollout batches whose gradients are averaged into one update; all
+of them are drafted with the weights the update starts from (policy lag 0 updates).
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from draftopd_jax.decoding import engine
+from draftopd_jax.decoding.drafters import DFlashDrafter
+from draftopd_jax.decoding.sampling import SamplingConfig
+from draftopd_jax.models import ModelConfig
+from draftopd_jax.training import anchor_plan, dflash_opd
+from draftopd_jax.training.trainer import StepFn, TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutOptions:
+  max_new_tokens: int
+  eos_ids: tuple[int, ...] = ()
+  sampling: SamplingConfig = SamplingConfig()  # greedy by default, as the paper's rollouts
+  anchors: str = "error"  # "error" (the rollout's block starts) or "random" (ablation)
+  rejected_stream: bool = True  # False = naive target-assisted rollout (ablation)
+  include_correction: bool = True  # the code; False = the paper's partition
+  rollouts_per_update: int = 1
+
+  def __post_init__(self):
+    if self.anchors not in ("error", "random"):
+      raise ValueError(f"rollout.anchors={self.anchors!r}; choose error or random")
+
+
+def _rollout(drafter: DFlashDrafter, drafter_params, target_cfg, target_params, prompt_BxP,
+             prompt_mask_BxP, rng, options: RolloutOptions, record_verify_logprobs: bool
+             ) -> engine.DecodeState:
+  statics = dict(max_new_tokens=options.max_new_tokens, sampling=options.sampling,
+                 eos_ids=options.eos_ids)
+  state = engine.prefill(target_cfg, target_params, drafter, drafter_params, prompt_BxP,
+                         prompt_mask_BxP, rng, record_verify_logprobs=record_verify_logprobs,
+                         **statics)
+  return engine.decode(target_cfg, target_params, drafter, drafter_params, state,
+                       jnp.int32(options.max_new_tokens), **statics)
+
+
+def _rollout_metrics(trace: engine.Trace, block_size: int) -> dict:
+  used_BxN = jnp.arange(trace.anchor_pos_BxN.shape[1]) < trace.num_steps_B[:, None]
+  first_BxN = jnp.where(trace.accepted_BxN < block_size - 1, trace.accepted_BxN + 1, 0)
+  return {
+      "rollout_tau": jnp.sum((trace.accepted_BxN + 1) * used_BxN) / jnp.maximum(used_BxN.sum(), 1),
+      # Index 0: every proposal accepted; index k: the first rejection at offset k.
+      "first_rejection_histogram": jnp.sum((first_BxN[..., None] == jnp.arange(block_size))
+                                           & used_BxN[..., None], axis=(0, 1)),
+      "rollout_steps": jnp.max(trace.num_steps_B),
+      "rollout_tokens": jnp.sum(trace.committed_BxN),
+  }
+
+
+def rollout_loss(drafter_params, rng, target_params, prompt_BxP, prompt_mask_BxP, *,
+                 drafter: DFlashDrafter, target_cfg: ModelConfig, rollout: RolloutOptions,
+                 loss: dflash_opd.LossOptions) -> tuple[jax.Array, dict]:
+  """Rolls out with `drafter_params` (no gradient), then the replayed loss (with gradient)."""
+  target_params = jax.lax.stop_gradient(target_params)  # frozen, embedding and LM head included
+  cfg = drafter.cfg
+  rollout_key, plan_key = jax.random.split(rng)
+  full_rejected = loss.estimator == "full" and rollout.rejected_stream
+  decoded = _rollout(drafter, jax.lax.stop_gradient(drafter_params), target_cfg, target_params,
+                     prompt_BxP, prompt_mask_BxP, rollout_key, rollout, full_rejected)
+  trace = decoded.trace
+  plan = anchor_plan.from_trace(trace, cfg.block_size, rollout.include_correction)
+  if not rollout.rejected_stream:
+    plan = anchor_plan.without_rejected(plan)
+  verify_logprobs = trace.verify_logprobs_BxNxK1xV
+  if rollout.anchors == "random":
+    plan = anchor_plan.random_anchors(plan, plan_key, decoded.prompt_lens_B, decoded.lengths_B)
+    if verify_logprobs is not None:  # the rejected stream sits in the second half of the blocks
+      verify_logprobs = jnp.concatenate([verify_logprobs, verify_logprobs], axis=1)
+  teacher = dflash_opd.teacher_pass(cfg, target_cfg, target_params, decoded.tokens_BxS)
+  value, metrics = dflash_opd.loss_fn(drafter_params, cfg, target_cfg, target_params,
+                                      decoded.tokens_BxS, plan, teacher, loss, verify_logprobs)
+  return value, {"loss": value, **metrics, **_rollout_metrics(trace, cfg.block_size)}
+
+
+def _opd_step(state: TrainState, target_params: dict, prompt_BxP: jax.Array,
+              prompt_mask_BxP: jax.Array, *, drafter: DFlashDrafter, target_cfg: ModelConfig,
+              optimizer: optax.GradientTransformation, rollout: RolloutOptions,
+              loss: dflash_opd.LossOptions) -> tuple[TrainState, dict]:
+  rng, step_key = jax.random.split(state.rng)
+  r = rollout.rollouts_per_update
+  grad_fn = jax.value_and_grad(functools.partial(rollout_loss, drafter=drafter,
+                                                 target_cfg=target_cfg, rollout=rollout,
+                                                 loss=loss), has_aux=True)
+  split = lambda x: x.reshape(r, x.shape[0] // r, *x.shape[1:])
+
+  def one_rollout(_, inputs):
+    key, prompt, mask = inputs
+    (_, metrics), grads = grad_fn(state.params, key, target_params, prompt, mask)
+    return None, (grads, metrics)
+
+  _, (grads, metrics) = jax.lax.scan(
+      one_rollout, None, (jax.random.split(step_key, r), split(prompt_BxP), split(prompt_mask_BxP)))
+  grads = jax.tree.map(lambda g: g.mean(0), grads)
+  metrics = {name: (value.sum(0) if name in ("first_rejection_histogram", "rollout_tokens",
+                                             "response_tokens", "rejected_tokens")
+                    else value.max(0) if name == "rollout_steps" else value.mean(0))
+             for name, value in metrics.items()}
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics["grad_norm"] = optax.global_norm(grads)
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
+
+
+def opd_step_fn(*, drafter: DFlashDrafter, target_cfg: ModelConfig,
+                optimizer: optax.GradientTransformation, rollout: RolloutOptions,
+                loss: dflash_opd.LossOptions) -> StepFn:
+  """(state, target_params, prompt_BxP, prompt_mask_BxP) -> (state, metrics); shard it with
+  `trainer.shard_step` like the SFT step (prompt rows take the batch sharding)."""
+  if not isinstance(drafter, DFlashDrafter):
+    raise ValueError("Draft-OPD training is implemented for DFlash drafters")
+  return functools.partial(_opd_step, drafter=drafter, target_cfg=target_cfg,
+                           optimizer=optimizer, rollout=rollout, loss=loss)
