@@ -1,0 +1,225 @@
+"""Draft-OPD: anchor plans, losses, replay exactness, gradients, and training on a tiny target."""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from draftopd_jax.decoding import engine
+from draftopd_jax.decoding.drafters import DFlashDrafter
+from draftopd_jax.decoding.sampling import SamplingConfig
+from draftopd_jax.models import ModelConfig, dflash, init_params
+from draftopd_jax.training import anchor_plan, dflash_opd, opd_losses, opd_step
+
+CFG = ModelConfig(family="qwen3", vocab_size=64, hidden_size=32, num_layers=4, num_heads=4,
+                  num_kv_heads=2, head_dim=8, intermediate_size=64, qk_norm=True)
+TARGET = init_params(CFG, seed=3)
+D_CFG = dflash.DFlashConfig.for_target(CFG, num_layers=1, block_size=4, mask_token_id=63)
+K = D_CFG.block_size
+
+
+def hand_trace(rows):
+  """A trace from per-sequence lists of (anchor, accepted, committed) steps; N = 4."""
+  b, n = len(rows), 4
+  trace = engine.Trace.create(b, n, K)
+  anchor = np.full((b, n), -1)
+  accepted, committed = np.zeros((b, n), int), np.zeros((b, n), int)
+  for i, steps in enumerate(rows):
+    for j, (a, r, c) in enumerate(steps):
+      anchor[i, j], accepted[i, j], committed[i, j] = a, r, c
+  proposals = np.arange(b * n * (K - 1)).reshape(b, n, K - 1) % 60
+  return trace.replace(anchor_pos_BxN=jnp.asarray(anchor), accepted_BxN=jnp.asarray(accepted),
+                       committed_BxN=jnp.asarray(committed),
+                       proposals_BxNxK1=jnp.asarray(proposals),
+                       proposal_logprob_BxNxK1=-jnp.ones((b, n, K - 1)),
+                       num_steps_B=jnp.asarray([len(s) for s in rows]))
+
+
+# Prompt length 5 for every row: the first block is anchored at the prefill token, position 5.
+ROWS = [
+    [(5, 3, 4), (9, 0, 1), (10, 1, 2)],  # all accepted (the bonus past slot K-1), none, one
+    [(5, 3, 2)],  # EOS at offset 2 inside a fully accepted block
+    [(5, 0, 1), (6, 2, 1)],  # none accepted; then the length limit cuts after one token
+]
+
+
+def test_anchor_plan_on_hand_made_traces():
+  plan = anchor_plan.from_trace(hand_trace(ROWS), K)
+  np.testing.assert_array_equal(plan.anchor_pos_BxN, [[5, 9, 10, 0], [5, 0, 0, 0], [5, 6, 0, 0]])
+  np.testing.assert_array_equal(plan.segment_BxN, [[3, 1, 2, 0], [2, 0, 0, 0], [1, 1, 0, 0]])
+  np.testing.assert_array_equal(plan.first_rejected_BxN, [[0, 1, 2, 0], [0, 0, 0, 0],
+                                                          [1, 3, 0, 0]])
+  expected_rejected = np.zeros((3, 4, K - 1), bool)
+  expected_rejected[0, 1, 0:] = True  # offsets 1..3
+  expected_rejected[0, 2, 1:] = True  # offsets 2..3
+  expected_rejected[2, 0, 0:] = True
+  expected_rejected[2, 1, 2:] = True  # the length cut does not un-reject offset 3
+  np.testing.assert_array_equal(plan.rejected_BxNxK1, expected_rejected)
+  np.testing.assert_array_equal(plan.response_BxNxK1[0, 2], [True, True, False])
+  # The paper's partition: the correction token belongs to the rejected stream only.
+  paper = anchor_plan.from_trace(hand_trace(ROWS), K, include_correction=False)
+  np.testing.assert_array_equal(paper.segment_BxN, [[3, 0, 1, 0], [2, 0, 0, 0], [0, 1, 0, 0]])
+  naive = anchor_plan.without_rejected(plan)
+  assert not naive.rejected_BxNxK1.any() and (naive.segment_BxN == plan.segment_BxN).all()
+
+
+def test_random_anchors_keep_the_segment_multiset_inside_the_response():
+  plan = anchor_plan.from_trace(hand_trace(ROWS), K)
+  prompt_lens, lengths = jnp.asarray([5, 5, 5]), jnp.asarray([5 + 1 + 7, 5 + 1 + 2, 5 + 1 + 2])
+  for seed in range(20):
+    shuffled = anchor_plan.random_anchors(plan, jax.random.key(seed), prompt_lens, lengths)
+    n = plan.segment_BxN.shape[1]
+    for row in range(3):
+      segments = np.asarray(shuffled.segment_BxN[row, :n])
+      assert sorted(segments[segments > 0]) == sorted(np.asarray(plan.segment_BxN[row])[
+          np.asarray(plan.segment_BxN[row]) > 0])
+      covered = [a + j for a, s in zip(np.asarray(shuffled.anchor_pos_BxN[row, :n]), segments)
+                 for j in range(1, s + 1)]
+      assert len(covered) == len(set(covered)) and all(6 <= c < lengths[row] for c in covered)
+    # The rejected stream stays at the true anchors, in the second half.
+    np.testing.assert_array_equal(shuffled.anchor_pos_BxN[:, n:], plan.anchor_pos_BxN)
+    np.testing.assert_array_equal(shuffled.rejected_BxNxK1[:, n:], plan.rejected_BxNxK1)
+    assert not shuffled.rejected_BxNxK1[:, :n].any() and not shuffled.segment_BxN[:, n:].any()
+
+
+def test_sampled_estimators_on_hand_computed_values():
+  p, q = 0.5, 0.25
+  expected = p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
+  got = opd_losses.bernoulli_forward_kl(jnp.log(p), jnp.log(q))
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+  # k3 at d = log p - log q = 1: e - 2; clamps: log-probs below -10 are raised to -10.
+  np.testing.assert_allclose(opd_losses.k3_reverse_kl(jnp.float32(-1.0), jnp.float32(-2.0)),
+                             math.e - 2, rtol=1e-6)
+  np.testing.assert_allclose(opd_losses.bernoulli_forward_kl(jnp.float32(-30.0), jnp.float32(-40.0)),
+                             opd_losses.bernoulli_forward_kl(jnp.float32(-10.0), jnp.float32(-10.0)))
+  assert float(opd_losses.k3_reverse_kl(jnp.float32(25.0), jnp.float32(0.0))) == 10.0
+
+
+def test_full_kls_on_hand_computed_values():
+  p, q = np.array([0.7, 0.2, 0.1]), np.array([0.4, 0.4, 0.2])
+  lp, lq = jnp.log(p), jnp.log(q)
+  forward = opd_losses.token_loss("forward", "full", None, None, lp, lq)
+  reverse = opd_losses.token_loss("reverse", "full", None, None, lp, lq)
+  np.testing.assert_allclose(forward, np.sum(p * np.log(p / q)), rtol=1e-5)
+  np.testing.assert_allclose(reverse, np.sum(q * np.log(q / p)), rtol=1e-5)
+
+
+def test_aggregations_on_hand_computed_values():
+  args = (jnp.array([1.0, 2.0]), jnp.array([1.0, 1.0]), jnp.array([4.0, 9.0]),
+          jnp.array([0.5, 0.0]))
+  pooled = opd_losses.combine(*args, aggregation="pooled", response_lambda=1, rejected_lambda=1)
+  means = opd_losses.combine(*args, aggregation="mean_of_means", response_lambda=1,
+                             rejected_lambda=1)
+  np.testing.assert_allclose(pooled, (3 + 2) / (2 + 0.5))
+  np.testing.assert_allclose(means, (1.5 + 4) / 2)
+  weighted = opd_losses.combine(*args, aggregation="mean_of_means", response_lambda=1,
+                                rejected_lambda=3)
+  np.testing.assert_allclose(weighted, (1.5 + 3 * 4) / 4)
+  no_rejected = opd_losses.combine(args[0], args[1], args[2], jnp.zeros(2),
+                                   aggregation="mean_of_means", response_lambda=1,
+                                   rejected_lambda=1)
+  np.testing.assert_allclose(no_rejected, 1.5)
+  np.testing.assert_allclose(opd_losses.position_weights(4, 0.8, decay=True), [1, 0.8, 0.64])
+  np.testing.assert_allclose(opd_losses.position_weights(4, 0.8, decay=False), [1, 1, 1])
+
+
+def rollout(drafter_params, prompts, mask, max_new_tokens=12):
+  drafter = DFlashDrafter(D_CFG)
+  state = engine.prefill(CFG, TARGET, drafter, drafter_params, prompts, mask, jax.random.key(0),
+                         max_new_tokens=max_new_tokens, sampling=SamplingConfig(),
+                         eos_ids=())
+  return state, drafter
+
+
+PROMPTS = jnp.asarray(np.random.default_rng(0).integers(1, 60, (3, 7)), jnp.int32)
+MASK = jnp.asarray(np.arange(7)[None] >= np.array([[0], [2], [4]]))  # left-padded, mixed lengths
+
+
+def test_replayed_logits_equal_the_rollout_logits():
+  params = dflash.init_params(D_CFG, seed=1)
+  state, drafter = rollout(params, PROMPTS, MASK)
+  seen = {}  # (row, anchor) -> the drafter's logits for slots 1..K-1 during the rollout
+  while not bool(state.done_B.all()):
+    anchor_B = state.lengths_B - 1
+    anchor_tokens = jnp.take_along_axis(state.tokens_BxS, anchor_B[:, None], axis=1)
+    logits = dflash.block_logits(D_CFG, params, CFG, TARGET, anchor_tokens, anchor_B[:, None],
+                                 state.drafter_state)[:, 0, 1:]
+    for row in np.flatnonzero(~np.asarray(state.done_B)):
+      seen[row, int(anchor_B[row])] = jax.nn.log_softmax(logits[row])
+    state = engine.decode(CFG, TARGET, drafter, params, state, state.step + 1, max_new_tokens=12,
+                          sampling=SamplingConfig(), eos_ids=())
+  plan = anchor_plan.from_trace(state.trace, K)
+  teacher = dflash_opd.teacher_pass(D_CFG, CFG, TARGET, state.tokens_BxS)
+  replayed = dflash_opd.replay_logprobs(params, D_CFG, CFG, TARGET, state.tokens_BxS,
+                                        plan.anchor_pos_BxN, teacher.features_BxSxFxD)
+  used = np.asarray(state.trace.num_steps_B)
+  assert len(seen) == used.sum()
+  for row in range(3):
+    for n in range(used[row]):
+      anchor = int(plan.anchor_pos_BxN[row, n])
+      np.testing.assert_allclose(replayed[row, n], seen[row, anchor], atol=2e-4)
+      np.testing.assert_array_equal(jnp.argmax(replayed[row, n], -1),
+                                    state.trace.proposals_BxNxK1[row, n])
+
+
+def step_loss(options=dflash_opd.LossOptions(), rollout_options=None, params=None, target=TARGET):
+  rollout_options = rollout_options or opd_step.RolloutOptions(max_new_tokens=12)
+  return opd_step.rollout_loss(params or dflash.init_params(D_CFG, seed=1), jax.random.key(0),
+                               target, PROMPTS, MASK, drafter=DFlashDrafter(D_CFG),
+                               target_cfg=CFG, rollout=rollout_options, loss=options)
+
+
+def test_switches_change_exactly_what_they_name():
+  _, base = step_loss()
+  assert base["rejected_tokens"] > 0 and base["response_tokens"] > 0
+  _, all_forward = step_loss(dflash_opd.LossOptions(rejected_direction="forward"))
+  _, all_reverse = step_loss(dflash_opd.LossOptions(response_direction="reverse"))
+  no_decay_loss, no_decay = step_loss(dflash_opd.LossOptions(decay=False))
+  same = lambda a, b, key: np.testing.assert_allclose(a[key], b[key], rtol=1e-6)
+  differ = lambda a, b, key: abs(float(a[key]) - float(b[key])) > 1e-4
+  same(base, all_forward, "response_loss")
+  assert differ(base, all_forward, "rejected_loss")
+  same(base, all_reverse, "rejected_loss")
+  assert differ(base, all_reverse, "response_loss")
+  same(base, no_decay, "response_loss")
+  same(base, no_decay, "rejected_loss")  # unweighted stream means; only the weights change
+  assert differ(base, no_decay, "loss")
+  _, naive = step_loss(rollout_options=opd_step.RolloutOptions(max_new_tokens=12,
+                                                               rejected_stream=False))
+  assert int(naive["rejected_tokens"]) == 0 and naive["response_tokens"] == base["response_tokens"]
+  _, paper = step_loss(rollout_options=opd_step.RolloutOptions(max_new_tokens=12,
+                                                               include_correction=False))
+  assert int(paper["response_tokens"]) < int(base["response_tokens"])
+
+
+def test_gradients_reach_the_drafter_only():
+  params = dflash.init_params(D_CFG, seed=1)
+  for options in (dflash_opd.LossOptions(), dflash_opd.LossOptions(estimator="full")):
+    grads = jax.grad(lambda d, t: step_loss(options, params=d, target=t)[0], argnums=(0, 1))(
+        params, TARGET)
+    drafter_norms = [float(jnp.abs(g).max()) for g in jax.tree.leaves(grads[0])]
+    assert all(n > 0 for n in drafter_norms)
+    assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads[1]))
+
+
+@pytest.mark.parametrize("estimator", ["sampled", "full"])
+def test_full_and_random_variants_run_in_the_step(estimator):
+  from draftopd_jax.parallel import sharding
+  from draftopd_jax.training import trainer
+
+  optimizer = trainer.make_optimizer(1e-3, 1, 10)
+  fn = opd_step.opd_step_fn(
+      drafter=DFlashDrafter(D_CFG), target_cfg=CFG, optimizer=optimizer,
+      rollout=opd_step.RolloutOptions(max_new_tokens=8, anchors="random", rollouts_per_update=2),
+      loss=dataclasses.replace(dflash_opd.LossOptions(), estimator=estimator))
+  step, state, target = trainer.shard_step(
+      fn, sharding.make_mesh(), trainer.init_state(dflash.init_params(D_CFG), optimizer, 0), TARGET)
+  prompts = jnp.concatenate([PROMPTS, PROMPTS[:1]])
+  mask = jnp.concatenate([MASK, MASK[:1]])
+  state, metrics = step(state, target, prompts, mask)
+  assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))
+  assert int(metrics["first_rejection_histogram"].sum()) > 0
+  np.testing.assert_allclose(metrics["replay_agreement"], 1.0)
