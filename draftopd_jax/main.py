@@ -53,7 +53,13 @@ def run_sft(config, workdir: str | None) -> None:
   train(config, workdir)
 
 
-MODES = {"generate": run_generate, "eval": run_eval, "sft": run_sft}
+def run_opd(config, workdir: str | None) -> None:
+  from draftopd_jax.training.opd import run_opd as train
+
+  train(config, workdir)
+
+
+MODES = {"generate": run_generate, "eval": run_eval, "sft": run_sft, "opd": run_opd}
 
 
 def main(argv: list[str]) -> None:

@@ -19,18 +19,39 @@ def target_forward(c: ModelConfig, tokens: int, context: int) -> float:
   return 2.0 * tokens * (per_token + c.hidden_size * c.vocab_size)
 
 
+def dflash_forward(cfg: dflash.DFlashConfig, target: ModelConfig, context_tokens: int,
+                   block_tokens: int, context: int) -> float:
+  """Context projections of `context_tokens` target features, then `block_tokens` block slots
+  through the drafter layers (attending over `context` keys) and the target's LM head."""
+  c, k = cfg.layer, cfg.block_size
+  context_proj = (len(cfg.target_layer_ids) * c.hidden_size * c.hidden_size
+                  + cfg.num_layers * 2 * c.hidden_size * c.num_kv_heads * c.head_dim)
+  return 2.0 * (context_tokens * context_proj + block_tokens * (
+      cfg.num_layers * (_layer_matmul_params(c) + 2 * c.num_heads * c.head_dim * (context + k))
+      + c.hidden_size * target.vocab_size))
+
+
 def dflash_train(cfg: dflash.DFlashConfig, target: ModelConfig, batch: int, seq_len: int,
                  num_anchors: int) -> dict[str, float]:
   """Target forward over the batch, drafter forward + backward over all blocks."""
-  c, k = cfg.layer, cfg.block_size
-  block_tokens = batch * num_anchors * k
-  context_proj = (len(cfg.target_layer_ids) * c.hidden_size * c.hidden_size
-                  + cfg.num_layers * 2 * c.hidden_size * c.num_kv_heads * c.head_dim)
-  drafter = 2.0 * (batch * seq_len * context_proj + block_tokens * (
-      cfg.num_layers * (_layer_matmul_params(c) + 2 * c.num_heads * c.head_dim * (seq_len + k))
-      + c.hidden_size * target.vocab_size))
+  drafter = dflash_forward(cfg, target, batch * seq_len, batch * num_anchors * cfg.block_size,
+                           seq_len)
   return {"target_forward": target_forward(target, batch * seq_len, seq_len),
           "drafter_forward": drafter, "drafter_backward": 2 * drafter}
+
+
+def dflash_opd(cfg: dflash.DFlashConfig, target: ModelConfig, batch: int, prompt_len: int,
+               seq_len: int, rollout_steps: int, num_blocks: int) -> dict[str, float]:
+  """One Draft-OPD update over `batch` sequences: the rollout (prefill, then `rollout_steps`
+  verify steps of the whole batch, each with a drafter proposal), the teacher pass over the
+  committed sequences and the replay of `num_blocks` blocks per sequence (forward + backward)."""
+  k = cfg.block_size
+  rollout = (target_forward(target, batch * prompt_len, prompt_len) + rollout_steps * (
+      target_forward(target, batch * k, seq_len) + dflash_forward(cfg, target, batch * k,
+                                                                  batch * k, seq_len)))
+  replay = dflash_forward(cfg, target, batch * seq_len, batch * num_blocks * k, seq_len)
+  return {"rollout": rollout, "teacher_forward": target_forward(target, batch * seq_len, seq_len),
+          "drafter_forward": replay, "drafter_backward": 2 * replay}
 
 
 def eagle3_train(cfg, target: ModelConfig, batch: int, seq_len: int, ttt_steps: int

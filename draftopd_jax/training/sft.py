@@ -26,9 +26,9 @@ from draftopd_jax.errors import UserError
 from draftopd_jax.io import LoadedModel, load_model
 from draftopd_jax.io.drafter_checkpoint import load_drafter, save_drafter
 from draftopd_jax.models import dflash, eagle3
-from draftopd_jax.parallel import sharding
 from draftopd_jax.training import data, flops, trainer
 from draftopd_jax.training.checkpoints import Checkpointer
+from draftopd_jax.training.heldout import HeldoutTau
 from draftopd_jax.training.metric_writer import MetricWriter
 
 
@@ -110,22 +110,12 @@ def run_sft(config, workdir: str | None) -> dict:
   t = config.train
   if t.loss not in ("ce", "kl"):
     raise UserError(f"train.loss={t.loss!r}; choose ce or kl")
-  try:
-    mesh = sharding.make_mesh(**config.mesh)
-  except ValueError as e:
-    raise UserError(str(e)) from None
-  rows = sharding.batch_rows_multiple(mesh, config.sharding_rules)
-  if t.batch_size % rows:
-    raise UserError(f"train.batch_size={t.batch_size} must be a multiple of {rows}, the mesh "
-                    "axes that split the batch")
+  mesh = trainer.training_mesh(config.mesh, config.sharding_rules, t.batch_size)
   model = load_model(config.model, dtype=config.dtype)
   examples = regenerated_examples(config, model, out)
   drafter, params = make_drafter(config, model, examples)
-  heldout_batches = {
-      name: pad_batch(encode_prompts(model, prompts.eval_prompts(
-          name, config.heldout.num_prompts, config.data.heldout_fraction), chat_template=True),
-          model.tokenizer.pad_id)
-      for name in config.heldout.datasets}
+  heldout_tau = HeldoutTau(model, tuple(config.heldout.datasets), config.heldout.num_prompts,
+                           config.heldout.max_new_tokens, config.data.heldout_fraction)
 
   optimizer = trainer.make_optimizer(t.learning_rate, t.warmup_steps, t.steps, t.weight_decay,
                                      t.grad_clip)
@@ -146,14 +136,6 @@ def run_sft(config, workdir: str | None) -> dict:
   # The data stream: a fixed permutation per epoch, addressed by the position in the stream.
   order = lambda epoch: np.random.default_rng([t.seed, epoch]).permutation(len(examples))
 
-  def tau_now() -> dict[str, float]:
-    """Held-out tau per dataset, and their mean as "heldout_tau"."""
-    taus = {f"heldout_tau/{name}": trainer.heldout_tau(
-        model.cfg, target_params, drafter, full_params(state.params), *batch,
-        config.heldout.max_new_tokens, model.tokenizer.eos_ids)
-        for name, batch in heldout_batches.items()}
-    return {"heldout_tau": float(np.mean(list(taus.values()))), **taus}
-
   writer = MetricWriter(out, tensorboard=config.tensorboard)
   best_file = out / "best.json"  # survives restarts, so a resumed run keeps the true best
   best = json.loads(best_file.read_text())["heldout_tau"] if best_file.is_file() else -1.0
@@ -161,7 +143,7 @@ def run_sft(config, workdir: str | None) -> dict:
     while int(state.step) < t.steps:
       step = int(state.step)
       if step % config.eval_every == 0:
-        taus = tau_now()
+        taus = heldout_tau(drafter, full_params(state.params), target_params)
         tau = taus["heldout_tau"]
         writer.write(step, {**taus, "train_flops": step * flops_per_step})
         bar.write(f"step {step}: held-out tau " + ", ".join(f"{k.split('/')[-1]} {v:.3f}"
@@ -193,7 +175,7 @@ def run_sft(config, workdir: str | None) -> dict:
       bar.update(1)
       if int(state.step) % config.checkpoint_every == 0 or int(state.step) == t.steps:
         checkpointer.save(state, position)
-  taus = tau_now()
+  taus = heldout_tau(drafter, full_params(state.params), target_params)
   tau = taus["heldout_tau"]
   writer.write(int(state.step), {**taus, "train_flops": int(state.step) * flops_per_step})
   writer.close()

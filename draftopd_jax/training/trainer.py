@@ -15,6 +15,7 @@ import optax
 from jax.sharding import Mesh
 
 from draftopd_jax.decoding import engine
+from draftopd_jax.errors import UserError
 from draftopd_jax.evaluation import metrics
 from draftopd_jax.models import ModelConfig
 from draftopd_jax.parallel import sharding
@@ -111,6 +112,19 @@ def shard_step(step_fn: StepFn, mesh: Mesh, state: TrainState, target_params: di
                  out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
   return (step, jax.device_put(state, state_sharding),
           jax.device_put(target_params, target_sharding))
+
+
+def training_mesh(mesh_config, rules: sharding.Rules, batch_size: int) -> Mesh:
+  """The config's mesh, checked against the batch it will split."""
+  try:
+    mesh = sharding.make_mesh(**mesh_config)
+  except ValueError as e:
+    raise UserError(str(e)) from None
+  rows = sharding.batch_rows_multiple(mesh, rules)
+  if batch_size % rows:
+    raise UserError(f"batch size {batch_size} must be a multiple of {rows}, the devices of the "
+                    "mesh axes that split the batch")
+  return mesh
 
 
 def heldout_tau(target_cfg: ModelConfig, target_params: dict, drafter, drafter_params,

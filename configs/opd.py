@@ -1,0 +1,115 @@
+"""Draft-OPD of a DFlash drafter for SmolLM2-135M-Instruct: the embedded default job.
+
+Run (2 CPU cores, about 25 minutes; started again, it resumes where it stopped):
+  python -m draftopd_jax.main --config=configs/opd.py
+It writes to ./runs/opd (or --workdir=DIR): with no SFT drafter given (--config.init_from=DIR),
+a short SFT warm-up first (sft_warmup/), then Draft-OPD; held-out tau before and after is printed
+and stored (before.json, metrics.jsonl, tensorboard/), the drafter saved as an orbax drafter
+checkpoint (drafter/, loadable by configs/eval.py), plots in opd_tau.png and opd_diagnostics.png.
+
+Variants:
+  configs/opd.py:long          a longer run from a given SFT drafter (--config.init_from=DIR)
+  configs/opd.py:quick         a smoke run (tests)
+  configs/opd.py:all_forward | all_reverse | no_decay | random_anchors | naive   ablations
+  configs/opd.py:paper         the paper's formulas (full-vocabulary KLs, mean of stream means,
+                               correction token in the rejected stream only)
+  configs/opd.py:qwen3_8b_pod  a Qwen3-8B-class target on an accelerator pod (see launch/)
+
+Expected (2 CPU cores, default): the SFT warm-up reaches held-out tau ~1.1; Draft-OPD then
+moves it by a few hundredths (the figures of our runs are in docs/opd.md).
+"""
+
+import pathlib
+import runpy
+
+import ml_collections
+
+from draftopd_jax.parallel import sharding
+
+ABLATIONS = {
+    "all_forward": dict(loss=dict(rejected_direction="forward")),
+    "all_reverse": dict(loss=dict(response_direction="reverse")),
+    "no_decay": dict(loss=dict(decay=False)),
+    "random_anchors": dict(rollout=dict(anchors="random")),
+    "naive": dict(rollout=dict(rejected_stream=False)),
+    "paper": dict(loss=dict(estimator="full", aggregation="mean_of_means"),
+                  rollout=dict(include_correction=False)),
+}
+VARIANTS = ("default", "long", "quick", "qwen3_8b_pod", *ABLATIONS)
+
+
+def sft_config(variant: str) -> ml_collections.ConfigDict:
+  return runpy.run_path(str(pathlib.Path(__file__).with_name("sft.py")))["get_config"](variant)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = arg or "default"
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant {variant!r} of configs/opd.py; choose one of {VARIANTS}")
+  c = ml_collections.ConfigDict()
+  c.mode = "opd"
+  c.workdir = "runs/opd"  # used when --workdir is not given
+  c.model = "smollm2-135m-instruct"
+  c.dtype = "float32"
+  c.init_from = ""  # an SFT DFlash drafter checkpoint; empty = run the SFT warm-up below first
+  c.warmup = sft_config("dflash")  # the SFT warm-up job (its own data, steps and held-out sets)
+  c.warmup.data.num_prompts = 256
+  c.warmup.train.update(steps=300, warmup_steps=20)
+  c.warmup.eval_every = 100
+  c.data = ml_collections.ConfigDict(dict(
+      source="sharegpt", tfds_field="prompt", tfds_data_dir="",  # as in configs/sft.py
+      skip=1024,  # train-split prompts to skip: SFT's prompts come first, OPD's pool after them
+      num_prompts=512, heldout_fraction=0.02, max_prompt_tokens=128))
+  c.rollout = ml_collections.ConfigDict(dict(
+      batch_size=4,  # prompts per rollout batch
+      rollouts_per_update=1,  # rollout batches whose gradients make one update (the code: 10)
+      max_new_tokens=64, temperature=0.0,  # greedy rollouts, as the paper's
+      anchors="error",  # "random": the random-anchors ablation
+      rejected_stream=True,  # False: naive target-assisted rollout (committed tokens only)
+      include_correction=True,  # the correction token in the response stream too (the code)
+  ))
+  c.loss = ml_collections.ConfigDict(dict(
+      estimator="sampled",  # "sampled": the code's token surrogates; "full": full-vocab KLs
+      aggregation="pooled",  # "pooled": one token mean (the code); "mean_of_means": the paper
+      response_direction="forward", rejected_direction="reverse",
+      gamma=0.8, decay=True,  # rejected-stream weights gamma^(offset-1)
+      response_lambda=1.0, rejected_lambda=1.0))
+  c.train = ml_collections.ConfigDict(dict(
+      steps=100, learning_rate=3e-4, warmup_steps=5, weight_decay=0.01, grad_clip=1.0, seed=0))
+  c.heldout = ml_collections.ConfigDict(dict(
+      datasets=("humaneval", "mtbench"), num_prompts=8, max_new_tokens=64))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.sharding_rules = sharding.DEFAULT_RULES
+  c.tensorboard = True
+  c.eval_every = 25
+  c.log_every = 1
+  c.checkpoint_every = 10
+  c.keep_checkpoints = 2
+  if variant in ABLATIONS:
+    for group, values in ABLATIONS[variant].items():
+      c[group].update(values)
+  if variant == "long":
+    c.train.update(steps=600, warmup_steps=30)
+    c.eval_every, c.checkpoint_every = 50, 25
+  if variant == "quick":
+    c.warmup = sft_config("quick")
+    c.data.update(num_prompts=8, max_prompt_tokens=96)
+    c.rollout.update(batch_size=2, max_new_tokens=12)
+    c.train.update(steps=4, warmup_steps=1)
+    c.heldout.update(datasets=("humaneval",), num_prompts=2, max_new_tokens=16)
+    c.eval_every, c.checkpoint_every = 2, 2
+  if variant == "qwen3_8b_pod":
+    # The paper's recipe (digest §2.6, §4): 21 prompts x 10 rollout batches per update, LR 3e-4
+    # with 5% warmup, responses up to 2048 tokens, block 16; from an SFT drafter of
+    # configs/sft.py:qwen3_8b_pod. 16 chips: data=2 x fsdp=8.
+    c.model = "checkpoints/Qwen3-8B"
+    c.dtype = "bfloat16"
+    c.warmup = sft_config("qwen3_8b_pod")
+    c.data.update(skip=800_000, num_prompts=16_000, max_prompt_tokens=512)
+    c.rollout.update(batch_size=32, rollouts_per_update=10, max_new_tokens=2048)
+    c.train.update(steps=600, warmup_steps=30)
+    c.heldout.update(datasets=("humaneval", "mtbench", "sharegpt"), num_prompts=32,
+                     max_new_tokens=256)
+    c.mesh.update(data=-1, fsdp=8, tensor=1)
+    c.eval_every, c.log_every, c.checkpoint_every = 50, 1, 25
+  return c

@@ -1,0 +1,172 @@
+"""`main.py` mode `opd`: Draft-OPD of a DFlash drafter, from an SFT drafter (or a short SFT
+warm-up when none is given).
+
+Each update rolls out greedy speculative decoding with the current drafter on a batch of training
+prompts, replays the rollout's blocks with gradients and trains on the committed tokens (forward
+KL) and the rejected proposals (position-decayed reverse KL). Held-out tau is measured before,
+every `eval_every` updates and after; metrics go to stdout, metrics.jsonl and TensorBoard;
+checkpoints (train state + prompt position) let a stopped run resume; plots land in the workdir.
+"""
+
+import json
+import pathlib
+import time
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from draftopd_jax.data import prompts
+from draftopd_jax.decoding.completions import encode_prompts
+from draftopd_jax.decoding.drafters import DFlashDrafter
+from draftopd_jax.decoding.sampling import SamplingConfig
+from draftopd_jax.errors import UserError
+from draftopd_jax.io import load_model
+from draftopd_jax.io.drafter_checkpoint import load_drafter, save_drafter
+from draftopd_jax.training import dflash_opd, flops, opd_step, plots, trainer
+from draftopd_jax.training.checkpoints import Checkpointer
+from draftopd_jax.training.heldout import HeldoutTau
+from draftopd_jax.training.metric_writer import MetricWriter
+from draftopd_jax.training.sft import run_sft
+
+SUMMED = ("first_rejection_histogram", "rollout_tokens", "response_tokens", "rejected_tokens")
+
+
+def starting_drafter(config, out: pathlib.Path, target_cfg):
+  """The drafter to post-train: `init_from`, else the result of the SFT warm-up job (run, or
+  resumed, in WORKDIR/sft_warmup)."""
+  path = config.init_from
+  if not path:
+    warmup_dir = out / "sft_warmup"
+    if not (warmup_dir / "drafter" / "drafter.json").is_file():
+      print(f"no SFT drafter given (init_from): SFT warm-up in {warmup_dir}")
+      run_sft(config.warmup, str(warmup_dir))
+    path = warmup_dir / "drafter"
+  drafter, params = load_drafter(path, target_cfg)
+  if not isinstance(drafter, DFlashDrafter):
+    raise UserError(f"{path} holds a {type(drafter).__name__}; Draft-OPD trains DFlash drafters")
+  return drafter, params
+
+
+def prompt_pool(config, model) -> list[list[int]]:
+  d = config.data
+  texts = prompts.training_prompts(d.source, "train", d.skip + d.num_prompts, d.heldout_fraction,
+                                   d.tfds_field, d.tfds_data_dir)[d.skip:]
+  pool = [ids for ids in encode_prompts(model, texts, chat_template=True)
+          if len(ids) <= d.max_prompt_tokens]
+  if not pool:
+    raise UserError(f"no OPD prompt fits in data.max_prompt_tokens={d.max_prompt_tokens} "
+                    f"(source {d.source!r}, skip {d.skip})")
+  return pool
+
+
+def fixed_width_batch(rows: list[list[int]], width: int, pad_id: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+  """Right-padded to one width for every batch, so the step compiles once."""
+  tokens = np.full((len(rows), width), pad_id, np.int32)
+  mask = np.zeros((len(rows), width), bool)
+  for i, row in enumerate(rows):
+    tokens[i, :len(row)], mask[i, :len(row)] = row, True
+  return tokens, mask
+
+
+def options(config, eos_ids) -> tuple[opd_step.RolloutOptions, dflash_opd.LossOptions]:
+  r = config.rollout
+  try:
+    return (opd_step.RolloutOptions(
+        max_new_tokens=r.max_new_tokens, eos_ids=tuple(eos_ids),
+        sampling=SamplingConfig(temperature=r.temperature), anchors=r.anchors,
+        rejected_stream=r.rejected_stream, include_correction=r.include_correction,
+        rollouts_per_update=r.rollouts_per_update),
+            dflash_opd.LossOptions(**config.loss))
+  except (TypeError, ValueError) as e:
+    raise UserError(str(e)) from None
+
+
+def run_opd(config, workdir: str | None) -> dict:
+  out = pathlib.Path(workdir or config.workdir)
+  out.mkdir(parents=True, exist_ok=True)
+  r, t = config.rollout, config.train
+  batch = r.batch_size * r.rollouts_per_update
+  mesh = trainer.training_mesh(config.mesh, config.sharding_rules, r.batch_size)
+  model = load_model(config.model, dtype=config.dtype)
+  rollout_options, loss_options = options(config, model.tokenizer.eos_ids)
+  drafter, start_params = starting_drafter(config, out, model.cfg)
+  pool = prompt_pool(config, model)
+  heldout_tau = HeldoutTau(model, tuple(config.heldout.datasets), config.heldout.num_prompts,
+                           config.heldout.max_new_tokens, config.data.heldout_fraction)
+
+  optimizer = trainer.make_optimizer(t.learning_rate, t.warmup_steps, t.steps, t.weight_decay,
+                                     t.grad_clip)
+  step_fn = opd_step.opd_step_fn(drafter=drafter, target_cfg=model.cfg, optimizer=optimizer,
+                                 rollout=rollout_options, loss=loss_options)
+  train_step, state, target_params = trainer.shard_step(
+      step_fn, mesh, trainer.init_state(start_params, optimizer, t.seed), model.params,
+      config.sharding_rules)
+  checkpointer = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
+  position = 0
+  if checkpointer.latest_step() is not None:
+    state, position = checkpointer.restore(state)
+    print(f"resumed from step {int(state.step)} (prompt position {position})")
+  writer = MetricWriter(out, tensorboard=config.tensorboard)
+  width = config.data.max_prompt_tokens
+  seq_len = width + r.max_new_tokens + drafter.block_size
+  blocks = r.max_new_tokens * (2 if r.anchors == "random" else 1)
+  order = lambda epoch: np.random.default_rng([t.seed, epoch]).permutation(len(pool))
+  used_flops = 0.0
+
+  def evaluate(step: int) -> dict:
+    taus = heldout_tau(drafter, state.params, target_params)
+    writer.write(step, {**taus, "train_flops": used_flops})
+    return taus
+
+  if int(state.step) == 0:
+    before = evaluate(0)
+    (out / "before.json").write_text(json.dumps(before))
+  else:
+    before = json.loads((out / "before.json").read_text())
+    used_flops = max((rec.get("train_flops", 0.0) for rec in map(
+        json.loads, (out / "metrics.jsonl").open())), default=0.0)
+  print("held-out tau before: " + _format(before))
+  with tqdm(total=t.steps, initial=int(state.step), desc="opd", unit="step") as bar:
+    while int(state.step) < t.steps:
+      step = int(state.step)
+      rows = [pool[order(p // len(pool))[p % len(pool)]] for p in range(position, position + batch)]
+      started = time.perf_counter()
+      state, metrics = train_step(state, target_params,
+                                  *fixed_width_batch(rows, width, model.tokenizer.pad_id))
+      metrics = jax.device_get(metrics)
+      seconds = time.perf_counter() - started
+      position += batch
+      loss = float(metrics["loss"])
+      if not np.isfinite(loss):
+        raise UserError(f"loss became {loss} at step {step}; the last good checkpoint is kept "
+                        "(lower train.learning_rate)")
+      step_flops = flops.dflash_opd(drafter.cfg, model.cfg, batch, width, seq_len,
+                                    int(metrics["rollout_steps"]) * r.rollouts_per_update, blocks)
+      used_flops += sum(step_flops.values())
+      if (step + 1) % config.log_every == 0:
+        writer.write(step + 1, {
+            **{k: np.asarray(v).tolist() if k in SUMMED or np.ndim(v) else round(float(v), 5)
+               for k, v in metrics.items()},
+            "seconds_per_step": seconds, "train_flops": used_flops,
+            **{f"flops_{k}": v for k, v in step_flops.items()}})
+      bar.set_postfix(loss=f"{loss:.3f}", rollout_tau=f"{float(metrics['rollout_tau']):.2f}")
+      bar.update(1)
+      if int(state.step) % config.eval_every == 0 and int(state.step) < t.steps:
+        bar.write(f"step {int(state.step)}: held-out tau " + _format(evaluate(int(state.step))))
+      if int(state.step) % config.checkpoint_every == 0 or int(state.step) == t.steps:
+        checkpointer.save(state, position)
+  after = evaluate(int(state.step))
+  writer.close()
+  checkpointer.close()
+  save_drafter(out / "drafter", drafter, jax.device_get(state.params), model.cfg)
+  plots.opd_curves(out / "metrics.jsonl", out)
+  print("held-out tau before: " + _format(before))
+  print("held-out tau after:  " + _format(after))
+  print(f"drafter saved to {out / 'drafter'}; plots and metrics in {out}")
+  return {"before": before, "after": after, "steps": int(state.step)}
+
+
+def _format(taus: dict) -> str:
+  return ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in taus.items())
