@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from draftopd_jax.decoding import engine
-from draftopd_jax.decoding.drafters import DFlashDrafter
+from draftopd_jax.decoding.drafters import DFlashDrafter, Eagle3Drafter
 from draftopd_jax.decoding.sampling import SamplingConfig
-from draftopd_jax.models import ModelConfig, dflash, init_params
-from draftopd_jax.training import anchor_plan, dflash_opd, opd_losses, opd_step
+from draftopd_jax.models import ModelConfig, dflash, eagle3, init_params
+from draftopd_jax.training import anchor_plan, opd_losses, opd_replay, opd_step
+from draftopd_jax.training.opd_losses import LossOptions
 
 CFG = ModelConfig(family="qwen3", vocab_size=64, hidden_size=32, num_layers=4, num_heads=4,
                   num_kv_heads=2, head_dim=8, intermediate_size=64, qk_norm=True)
@@ -152,9 +153,9 @@ def test_replayed_logits_equal_the_rollout_logits():
     state = engine.decode(CFG, TARGET, drafter, params, state, state.step + 1, max_new_tokens=12,
                           sampling=SamplingConfig(), eos_ids=())
   plan = anchor_plan.from_trace(state.trace, K)
-  teacher = dflash_opd.teacher_pass(D_CFG, CFG, TARGET, state.tokens_BxS)
-  replayed = dflash_opd.replay_logprobs(params, D_CFG, CFG, TARGET, state.tokens_BxS,
-                                        plan.anchor_pos_BxN, teacher.features_BxSxFxD)
+  teacher = opd_replay.teacher_pass(D_CFG.target_layer_ids, CFG, TARGET, state.tokens_BxS)
+  replayed = opd_replay.dflash_logprobs(D_CFG, params, CFG, TARGET, state.tokens_BxS,
+                                        teacher.features_BxSxFxD, plan)
   used = np.asarray(state.trace.num_steps_B)
   assert len(seen) == used.sum()
   for row in range(3):
@@ -165,19 +166,86 @@ def test_replayed_logits_equal_the_rollout_logits():
                                     state.trace.proposals_BxNxK1[row, n])
 
 
-def step_loss(options=dflash_opd.LossOptions(), rollout_options=None, params=None, target=TARGET):
+E_CFG = eagle3.Eagle3Config.for_target(CFG, block_size=4, draft_vocab_size=48)
+
+
+def eagle3_params(seed=1):
+  d2t = eagle3.build_draft_vocab(np.random.default_rng(seed).integers(0, 100, 64), 48)
+  return {"model": eagle3.init_params(E_CFG, seed), "d2t": jnp.asarray(d2t)}
+
+
+def test_eagle3_replay_feeds_the_drafters_own_proposals():
+  """Replayed EAGLE-3 log-probs at each recorded anchor equal the chain the drafter ran in the
+  rollout (observe's first proposal, then its own proposals fed back)."""
+  params = eagle3_params()
+  drafter = Eagle3Drafter(E_CFG)
+  statics = dict(max_new_tokens=12, sampling=SamplingConfig(), eos_ids=())
+  state = engine.prefill(CFG, TARGET, drafter, params, PROMPTS, MASK, jax.random.key(0), **statics)
+  seen = {}
+  while not bool(state.done_B.all()):
+    anchor_B = state.lengths_B - 1
+    # The rollout's chain, step by step: d1 from observe (kept in the drafter state), then each
+    # proposal fed back at the next position, as Eagle3Drafter.propose does.
+    proposals, _ = drafter.propose(params, (CFG, TARGET), state.drafter_state, state.tokens_BxS,
+                                   anchor_B)
+    token, hidden, cache = state.drafter_state["first_B"], state.drafter_state["hidden_BxD"], \
+        state.drafter_state["cache"]
+    chain = []
+    for offset in range(E_CFG.block_size - 2):
+      hidden3, logits, cache = eagle3.step(E_CFG, params["model"], CFG, TARGET, token[:, None],
+                                           hidden[:, None], (anchor_B + offset)[:, None], cache)
+      chain.append(jax.nn.log_softmax(logits[:, 0]))
+      token, hidden = params["d2t"][jnp.argmax(logits[:, 0], -1)], hidden3[:, 0]
+    for row in np.flatnonzero(~np.asarray(state.done_B)):
+      seen[row, int(anchor_B[row])] = (np.asarray(proposals[row]), [c[row] for c in chain])
+    state = engine.decode(CFG, TARGET, drafter, params, state, state.step + 1, **statics)
+  plan = anchor_plan.from_trace(state.trace, E_CFG.block_size)
+  teacher = opd_replay.teacher_pass(E_CFG.target_layer_ids, CFG, TARGET, state.tokens_BxS)
+  replayed = opd_replay.eagle3_logprobs(E_CFG, params, CFG, TARGET, state.tokens_BxS,
+                                        teacher.features_BxSxFxD, plan)
+  used = np.asarray(state.trace.num_steps_B)
+  assert len(seen) == used.sum()
+  for row in range(3):
+    for n in range(used[row]):
+      proposals, chain = seen[row, int(plan.anchor_pos_BxN[row, n])]
+      np.testing.assert_array_equal(params["d2t"][jnp.argmax(replayed[row, n], -1)], proposals)
+      for offset, logprobs in enumerate(chain, start=1):  # offsets 2..K-1
+        np.testing.assert_allclose(replayed[row, n, offset], logprobs, atol=2e-4)
+
+
+def test_eagle3_opd_step_trains_the_model_weights_only():
+  from draftopd_jax.parallel import sharding
+  from draftopd_jax.training import trainer
+
+  params = eagle3_params()
+  optimizer = trainer.make_optimizer(1e-3, 1, 10)
+  fn = opd_step.opd_step_fn(drafter=Eagle3Drafter(E_CFG), target_cfg=CFG, optimizer=optimizer,
+                            rollout=opd_step.RolloutOptions(max_new_tokens=8),
+                            loss=LossOptions(estimator="full"), d2t_Vd=params["d2t"])
+  step, state, target = trainer.shard_step(
+      fn, sharding.make_mesh(), trainer.init_state(params["model"], optimizer, 0), TARGET)
+  before = jax.tree.map(np.array, state.params)
+  state, metrics = step(state, target, PROMPTS, MASK)
+  np.testing.assert_allclose(metrics["replay_agreement"], 1.0)  # the first step's lr is 0
+  state, metrics = step(state, target, PROMPTS, MASK)
+  assert np.isfinite(float(metrics["loss"])) and int(metrics["rejected_tokens"]) > 0
+  changed = jax.tree.map(lambda a, b: bool(np.any(a != np.asarray(b))), before, state.params)
+  assert all(jax.tree.leaves(changed))
+
+
+def step_loss(options=LossOptions(), rollout_options=None, params=None, target=TARGET):
   rollout_options = rollout_options or opd_step.RolloutOptions(max_new_tokens=12)
   return opd_step.rollout_loss(params or dflash.init_params(D_CFG, seed=1), jax.random.key(0),
-                               target, PROMPTS, MASK, drafter=DFlashDrafter(D_CFG),
+                               target, PROMPTS, MASK, drafter=DFlashDrafter(D_CFG), d2t_Vd=None,
                                target_cfg=CFG, rollout=rollout_options, loss=options)
 
 
 def test_switches_change_exactly_what_they_name():
   _, base = step_loss()
   assert base["rejected_tokens"] > 0 and base["response_tokens"] > 0
-  _, all_forward = step_loss(dflash_opd.LossOptions(rejected_direction="forward"))
-  _, all_reverse = step_loss(dflash_opd.LossOptions(response_direction="reverse"))
-  no_decay_loss, no_decay = step_loss(dflash_opd.LossOptions(decay=False))
+  _, all_forward = step_loss(LossOptions(rejected_direction="forward"))
+  _, all_reverse = step_loss(LossOptions(response_direction="reverse"))
+  no_decay_loss, no_decay = step_loss(LossOptions(decay=False))
   same = lambda a, b, key: np.testing.assert_allclose(a[key], b[key], rtol=1e-6)
   differ = lambda a, b, key: abs(float(a[key]) - float(b[key])) > 1e-4
   same(base, all_forward, "response_loss")
@@ -197,7 +265,7 @@ def test_switches_change_exactly_what_they_name():
 
 def test_gradients_reach_the_drafter_only():
   params = dflash.init_params(D_CFG, seed=1)
-  for options in (dflash_opd.LossOptions(), dflash_opd.LossOptions(estimator="full")):
+  for options in (LossOptions(), LossOptions(estimator="full")):
     grads = jax.grad(lambda d, t: step_loss(options, params=d, target=t)[0], argnums=(0, 1))(
         params, TARGET)
     drafter_norms = [float(jnp.abs(g).max()) for g in jax.tree.leaves(grads[0])]
@@ -214,7 +282,7 @@ def test_full_and_random_variants_run_in_the_step(estimator):
   fn = opd_step.opd_step_fn(
       drafter=DFlashDrafter(D_CFG), target_cfg=CFG, optimizer=optimizer,
       rollout=opd_step.RolloutOptions(max_new_tokens=8, anchors="random", rollouts_per_update=2),
-      loss=dataclasses.replace(dflash_opd.LossOptions(), estimator=estimator))
+      loss=dataclasses.replace(LossOptions(), estimator=estimator))
   step, state, target = trainer.shard_step(
       fn, sharding.make_mesh(), trainer.init_state(dflash.init_params(D_CFG), optimizer, 0), TARGET)
   prompts = jnp.concatenate([PROMPTS, PROMPTS[:1]])
@@ -223,3 +291,45 @@ def test_full_and_random_variants_run_in_the_step(estimator):
   assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))
   assert int(metrics["first_rejection_histogram"].sum()) > 0
   np.testing.assert_allclose(metrics["replay_agreement"], 1.0)
+
+
+@pytest.mark.slow
+def test_opd_raises_heldout_tau_of_an_sft_drafter(tmp_path):
+  from draftopd_jax.decoding.completions import pad_batch
+  from draftopd_jax.parallel import sharding
+  from draftopd_jax.training import data, trainer
+
+  target_cfg = dataclasses.replace(CFG, vocab_size=53)
+  target = jax.tree.map(lambda x: x * 1.5, init_params(target_cfg, seed=3))  # peakier outputs
+  rng = np.random.default_rng(1)
+  prompts = [rng.integers(1, 50, rng.integers(3, 10)).tolist() for _ in range(128)]
+  generate = lambda batch: engine.new_tokens(engine.run(target_cfg, target, *pad_batch(batch, 0),
+                                                        max_new_tokens=24))
+  examples = data.regenerate(prompts, tmp_path / "r.jsonl", generate, 64, show_progress=False)
+  train, heldout = examples[:64], examples[64:]
+  cfg = dflash.DFlashConfig.for_target(target_cfg, num_layers=2, block_size=4, mask_token_id=52)
+  drafter, mesh = DFlashDrafter(cfg), sharding.make_mesh()
+  heldout_prompts = pad_batch([list(e.prompt_ids) for e in heldout], 0)
+  tau = lambda params: trainer.heldout_tau(target_cfg, target, drafter, params, *heldout_prompts,
+                                           max_new_tokens=24, eos_ids=())
+
+  sft_optimizer = trainer.make_optimizer(3e-3, warmup_steps=5, total_steps=200)
+  sft_step, state, placed = trainer.shard_step(
+      trainer.dflash_step_fn(cfg=cfg, target_cfg=target_cfg, optimizer=sft_optimizer,
+                             num_anchors=8, gamma=0.0, distill=False),
+      mesh, trainer.init_state(dflash.init_params(cfg), sft_optimizer, seed=0), target)
+  for step in range(100):
+    state, _ = sft_step(state, placed, *data.to_batch(
+        [train[(step * 16 + i) % 64] for i in range(16)], 40, 0))
+  tau_sft = tau(state.params)
+
+  optimizer = trainer.make_optimizer(3e-3, warmup_steps=2, total_steps=40)
+  step_fn = opd_step.opd_step_fn(drafter=drafter, target_cfg=target_cfg, optimizer=optimizer,
+                                 rollout=opd_step.RolloutOptions(max_new_tokens=24),
+                                 loss=LossOptions())
+  opd_train_step, opd_state, placed = trainer.shard_step(
+      step_fn, mesh, trainer.init_state(state.params, optimizer, seed=0), target)
+  for step in range(30):
+    opd_state, metrics = opd_train_step(opd_state, placed, *pad_batch(
+        [list(train[(step * 16 + i) % 64].prompt_ids) for i in range(16)], 0))
+  assert tau(opd_state.params) > tau_sft + 0.03, (tau_sft, tau(opd_state.params))

@@ -147,7 +147,8 @@ def ttt_positions(length: int, step: int) -> dict[str, jax.Array]:
 
 
 def ttt_logits(cfg: Eagle3Config, params: dict, target_cfg: ModelConfig, target_params: dict,
-               tokens_BxT: jax.Array, features_BxTxFxD: jax.Array, steps: int) -> jax.Array:
+               tokens_BxT: jax.Array, features_BxTxFxD: jax.Array, steps: int,
+               input_tokens_SxBxT: jax.Array | None = None) -> jax.Array:
   """Training-time test: draft-vocabulary logits [S, B, T, Vd] of `steps` unrolled draft steps.
 
   Step s at index t is the drafter drafting s steps past t: its input feature is the target's
@@ -155,6 +156,9 @@ def ttt_logits(cfg: Eagle3Config, params: dict, target_cfg: ModelConfig, target_
   one at t+1+s, it sits at position t+s and predicts the token at t+2+s. It attends to the
   step-0 keys at positions <= t and to its own earlier steps' keys at index t -- exactly the
   context the inference chain has when it drafts from an anchor at t+1.
+
+  `input_tokens_SxBxT` replaces the input tokens of each step (default: the sequence's own, as
+  in SFT); Draft-OPD's replay feeds the drafter's own proposals there.
   """
   model = bind(cfg, params)
   embed = transformer.bind(target_cfg, target_params).embed
@@ -168,7 +172,8 @@ def ttt_logits(cfg: Eagle3Config, params: dict, target_cfg: ModelConfig, target_
   keys, values, all_logits = [], [], []
   for s in range(steps):
     where = ttt_positions(t, s)
-    token_BxT = jnp.take_along_axis(tokens_BxT, where["input_token"][None], 1)
+    token_BxT = (jnp.take_along_axis(tokens_BxT, where["input_token"][None], 1)
+                 if input_tokens_SxBxT is None else input_tokens_SxBxT[s])
     x = jnp.concatenate([model.embed_norm(embed(token_BxT)), model.feature_norm(feature_BxTxD)],
                         axis=-1)
     positions_BxT = jnp.broadcast_to(where["position"], (b, t))

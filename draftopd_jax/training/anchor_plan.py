@@ -25,9 +25,10 @@ class AnchorPlan:
   anchor_pos_BxN: jax.Array  # absolute position of each block's slot-0 token (0 where unused)
   segment_BxN: jax.Array  # response-stream offsets 1..segment
   rejected_BxNxK1: jax.Array  # bool: offset k (index k-1) holds a rejected proposal
-  rejected_token_BxNxK1: jax.Array
+  proposals_BxNxK1: jax.Array  # the drafter's proposals in the rollout (target ids)
   rejected_logprob_BxNxK1: jax.Array  # target log p(proposal | prefix, earlier proposals)
   first_rejected_BxN: jax.Array  # 1-based offset of the first rejection; 0 when none
+  drafted_BxN: jax.Array  # bool: a block the rollout drafted (its proposals are real)
 
   @property
   def response_BxNxK1(self) -> jax.Array:
@@ -50,10 +51,11 @@ def from_trace(trace: Trace, block_size: int, include_correction: bool = True) -
       anchor_pos_BxN=jnp.where(used_BxN, trace.anchor_pos_BxN, 0),
       segment_BxN=jnp.where(used_BxN, segment_BxN, 0),
       rejected_BxNxK1=rejected_BxNxK1,
-      rejected_token_BxNxK1=trace.proposals_BxNxK1,
+      proposals_BxNxK1=trace.proposals_BxNxK1,
       rejected_logprob_BxNxK1=trace.proposal_logprob_BxNxK1,
       first_rejected_BxN=jnp.where(used_BxN & (accepted_BxN < block_size - 1), accepted_BxN + 1,
-                                   0))
+                                   0),
+      drafted_BxN=used_BxN)
 
 
 def without_rejected(plan: AnchorPlan) -> AnchorPlan:
@@ -88,6 +90,7 @@ def random_anchors(plan: AnchorPlan, rng: jax.Array, prompt_lens_B: jax.Array,
       anchor_pos_BxN=cat(anchors_BxN, plan.anchor_pos_BxN),
       segment_BxN=cat(shuffled_BxN, jnp.zeros_like(shuffled_BxN)),
       rejected_BxNxK1=cat(no_rejected, plan.rejected_BxNxK1),
-      rejected_token_BxNxK1=cat(plan.rejected_token_BxNxK1, plan.rejected_token_BxNxK1),
+      proposals_BxNxK1=cat(plan.proposals_BxNxK1, plan.proposals_BxNxK1),
       rejected_logprob_BxNxK1=cat(plan.rejected_logprob_BxNxK1, plan.rejected_logprob_BxNxK1),
-      first_rejected_BxN=cat(jnp.zeros_like(plan.first_rejected_BxN), plan.first_rejected_BxN))
+      first_rejected_BxN=cat(jnp.zeros_like(plan.first_rejected_BxN), plan.first_rejected_BxN),
+      drafted_BxN=cat(jnp.zeros_like(plan.drafted_BxN), plan.drafted_BxN))

@@ -40,16 +40,28 @@ def dflash_train(cfg: dflash.DFlashConfig, target: ModelConfig, batch: int, seq_
           "drafter_forward": drafter, "drafter_backward": 2 * drafter}
 
 
-def dflash_opd(cfg: dflash.DFlashConfig, target: ModelConfig, batch: int, prompt_len: int,
-               seq_len: int, rollout_steps: int, num_blocks: int) -> dict[str, float]:
+def _eagle3_token_step(cfg, context: int) -> int:
+  c = cfg.layer
+  return (_layer_matmul_params(c, attention_input=2 * c.hidden_size)
+          + 2 * c.num_heads * c.head_dim * context + c.hidden_size * cfg.draft_vocab_size)
+
+
+def opd(cfg, target: ModelConfig, batch: int, prompt_len: int, seq_len: int,
+        rollout_steps: int, num_blocks: int) -> dict[str, float]:
   """One Draft-OPD update over `batch` sequences: the rollout (prefill, then `rollout_steps`
   verify steps of the whole batch, each with a drafter proposal), the teacher pass over the
-  committed sequences and the replay of `num_blocks` blocks per sequence (forward + backward)."""
+  committed sequences and the replay (forward + backward): `num_blocks` DFlash blocks per
+  sequence, or the EAGLE-3 unroll of K-1 steps over every position."""
   k = cfg.block_size
-  rollout = (target_forward(target, batch * prompt_len, prompt_len) + rollout_steps * (
-      target_forward(target, batch * k, seq_len) + dflash_forward(cfg, target, batch * k,
-                                                                  batch * k, seq_len)))
-  replay = dflash_forward(cfg, target, batch * seq_len, batch * num_blocks * k, seq_len)
+  if isinstance(cfg, dflash.DFlashConfig):
+    propose = dflash_forward(cfg, target, batch * k, batch * k, seq_len)
+    replay = dflash_forward(cfg, target, batch * seq_len, batch * num_blocks * k, seq_len)
+  else:  # EAGLE-3: K positions observed, K-2 chained single-token steps; TTT replay
+    fuse = len(cfg.target_layer_ids) * cfg.layer.hidden_size ** 2
+    propose = 2.0 * batch * (k * fuse + (2 * k - 2) * _eagle3_token_step(cfg, seq_len))
+    replay = 2.0 * batch * seq_len * (fuse + (k - 1) * _eagle3_token_step(cfg, seq_len))
+  rollout = (target_forward(target, batch * prompt_len, prompt_len)
+             + rollout_steps * (target_forward(target, batch * k, seq_len) + propose))
   return {"rollout": rollout, "teacher_forward": target_forward(target, batch * seq_len, seq_len),
           "drafter_forward": replay, "drafter_backward": 2 * replay}
 
@@ -58,11 +70,8 @@ def eagle3_train(cfg, target: ModelConfig, batch: int, seq_len: int, ttt_steps: 
                  ) -> dict[str, float]:
   """Target forward over the batch; `ttt_steps` drafter passes over every position, each with
   the fc fusion (step 0 only), one layer and the draft-vocabulary head."""
-  c = cfg.layer
   tokens = batch * seq_len
-  per_step = (_layer_matmul_params(c, attention_input=2 * c.hidden_size)
-              + 2 * c.num_heads * c.head_dim * seq_len + c.hidden_size * cfg.draft_vocab_size)
-  fuse = len(cfg.target_layer_ids) * c.hidden_size * c.hidden_size
-  drafter = 2.0 * tokens * (fuse + ttt_steps * per_step)
+  fuse = len(cfg.target_layer_ids) * cfg.layer.hidden_size ** 2
+  drafter = 2.0 * tokens * (fuse + ttt_steps * _eagle3_token_step(cfg, seq_len))
   return {"target_forward": target_forward(target, tokens, seq_len),
           "drafter_forward": drafter, "drafter_backward": 2 * drafter}

@@ -1,5 +1,5 @@
-"""`main.py` mode `opd`: Draft-OPD of a DFlash drafter, from an SFT drafter (or a short SFT
-warm-up when none is given).
+"""`main.py` mode `opd`: Draft-OPD of a DFlash (or EAGLE-3) drafter, from an SFT drafter (or a
+short SFT warm-up when none is given).
 
 Each update rolls out greedy speculative decoding with the current drafter on a batch of training
 prompts, replays the rollout's blocks with gradients and trains on the committed tokens (forward
@@ -18,12 +18,13 @@ from tqdm import tqdm
 
 from draftopd_jax.data import prompts
 from draftopd_jax.decoding.completions import encode_prompts
-from draftopd_jax.decoding.drafters import DFlashDrafter
+from draftopd_jax.decoding.drafters import DFlashDrafter, Eagle3Drafter
 from draftopd_jax.decoding.sampling import SamplingConfig
 from draftopd_jax.errors import UserError
 from draftopd_jax.io import load_model
 from draftopd_jax.io.drafter_checkpoint import load_drafter, save_drafter
-from draftopd_jax.training import dflash_opd, flops, opd_step, plots, trainer
+from draftopd_jax.training import flops, opd_step, plots, trainer
+from draftopd_jax.training.opd_losses import LossOptions
 from draftopd_jax.training.checkpoints import Checkpointer
 from draftopd_jax.training.heldout import HeldoutTau
 from draftopd_jax.training.metric_writer import MetricWriter
@@ -43,8 +44,9 @@ def starting_drafter(config, out: pathlib.Path, target_cfg):
       run_sft(config.warmup, str(warmup_dir))
     path = warmup_dir / "drafter"
   drafter, params = load_drafter(path, target_cfg)
-  if not isinstance(drafter, DFlashDrafter):
-    raise UserError(f"{path} holds a {type(drafter).__name__}; Draft-OPD trains DFlash drafters")
+  if not isinstance(drafter, (DFlashDrafter, Eagle3Drafter)):
+    raise UserError(f"{path} holds a {type(drafter).__name__}; Draft-OPD trains DFlash and "
+                    "EAGLE-3 drafters")
   return drafter, params
 
 
@@ -70,7 +72,7 @@ def fixed_width_batch(rows: list[list[int]], width: int, pad_id: int
   return tokens, mask
 
 
-def options(config, eos_ids) -> tuple[opd_step.RolloutOptions, dflash_opd.LossOptions]:
+def options(config, eos_ids) -> tuple[opd_step.RolloutOptions, LossOptions]:
   r = config.rollout
   try:
     return (opd_step.RolloutOptions(
@@ -78,7 +80,7 @@ def options(config, eos_ids) -> tuple[opd_step.RolloutOptions, dflash_opd.LossOp
         sampling=SamplingConfig(temperature=r.temperature), anchors=r.anchors,
         rejected_stream=r.rejected_stream, include_correction=r.include_correction,
         rollouts_per_update=r.rollouts_per_update),
-            dflash_opd.LossOptions(**config.loss))
+            LossOptions(**config.loss))
   except (TypeError, ValueError) as e:
     raise UserError(str(e)) from None
 
@@ -98,11 +100,13 @@ def run_opd(config, workdir: str | None) -> dict:
 
   optimizer = trainer.make_optimizer(t.learning_rate, t.warmup_steps, t.steps, t.weight_decay,
                                      t.grad_clip)
+  eagle = isinstance(drafter, Eagle3Drafter)
+  d2t = start_params["d2t"] if eagle else None
   step_fn = opd_step.opd_step_fn(drafter=drafter, target_cfg=model.cfg, optimizer=optimizer,
-                                 rollout=rollout_options, loss=loss_options)
+                                 rollout=rollout_options, loss=loss_options, d2t_Vd=d2t)
   train_step, state, target_params = trainer.shard_step(
-      step_fn, mesh, trainer.init_state(start_params, optimizer, t.seed), model.params,
-      config.sharding_rules)
+      step_fn, mesh, trainer.init_state(start_params["model"] if eagle else start_params,
+                                        optimizer, t.seed), model.params, config.sharding_rules)
   checkpointer = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
   position = 0
   if checkpointer.latest_step() is not None:
@@ -116,7 +120,7 @@ def run_opd(config, workdir: str | None) -> dict:
   used_flops = 0.0
 
   def evaluate(step: int) -> dict:
-    taus = heldout_tau(drafter, state.params, target_params)
+    taus = heldout_tau(drafter, opd_step.full_params(drafter, state.params, d2t), target_params)
     writer.write(step, {**taus, "train_flops": used_flops})
     return taus
 
@@ -142,8 +146,8 @@ def run_opd(config, workdir: str | None) -> dict:
       if not np.isfinite(loss):
         raise UserError(f"loss became {loss} at step {step}; the last good checkpoint is kept "
                         "(lower train.learning_rate)")
-      step_flops = flops.dflash_opd(drafter.cfg, model.cfg, batch, width, seq_len,
-                                    int(metrics["rollout_steps"]) * r.rollouts_per_update, blocks)
+      step_flops = flops.opd(drafter.cfg, model.cfg, batch, width, seq_len,
+                             int(metrics["rollout_steps"]) * r.rollouts_per_update, blocks)
       used_flops += sum(step_flops.values())
       if (step + 1) % config.log_every == 0:
         writer.write(step + 1, {
@@ -160,7 +164,8 @@ def run_opd(config, workdir: str | None) -> dict:
   after = evaluate(int(state.step))
   writer.close()
   checkpointer.close()
-  save_drafter(out / "drafter", drafter, jax.device_get(state.params), model.cfg)
+  save_drafter(out / "drafter", drafter,
+               jax.device_get(opd_step.full_params(drafter, state.params, d2t)), model.cfg)
   plots.opd_curves(out / "metrics.jsonl", out)
   print("held-out tau before: " + _format(before))
   print("held-out tau after:  " + _format(after))

@@ -11,10 +11,35 @@ Two aggregations: "pooled" (one weighted token mean over both streams, the code)
 "mean_of_means" (the weighted mean of each stream, then their λ-weighted mean, the paper).
 """
 
+import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
+
+from draftopd_jax.training.anchor_plan import AnchorPlan
+
+@dataclasses.dataclass(frozen=True)
+class LossOptions:
+  """How the two streams are scored; hashable, a static argument of the step."""
+  estimator: str = "sampled"  # "sampled" (the code's surrogates) or "full" (full-vocab KLs)
+  aggregation: str = "pooled"  # "pooled" (the code) or "mean_of_means" (the paper)
+  response_direction: str = "forward"  # "reverse" = the all-reverse ablation
+  rejected_direction: str = "reverse"  # "forward" = the all-forward ablation
+  gamma: float = 0.8  # rejected-stream weights gamma^(offset-1)
+  decay: bool = True  # False = the no-decay ablation
+  response_lambda: float = 1.0
+  rejected_lambda: float = 1.0
+
+  def __post_init__(self):
+    for name, value, allowed in (
+        ("estimator", self.estimator, ("sampled", "full")),
+        ("aggregation", self.aggregation, ("pooled", "mean_of_means")),
+        ("response_direction", self.response_direction, ("forward", "reverse")),
+        ("rejected_direction", self.rejected_direction, ("forward", "reverse"))):
+      if value not in allowed:
+        raise ValueError(f"loss.{name}={value!r}; choose one of {allowed}")
+
 
 LOGPROB_MIN = -10.0
 LOGPROB_MAX = math.log1p(-1e-6)
@@ -76,3 +101,59 @@ def combine(response_loss: jax.Array, response_weight: jax.Array, rejected_loss:
   lam_r = jnp.where(count_r > 0, rejected_lambda, 0.0)
   return ((lam_a * sum_a / jnp.maximum(count_a, 1e-6) + lam_r * sum_r / jnp.maximum(count_r, 1e-6))
           / jnp.maximum(lam_a + lam_r, 1e-6))
+
+
+def _pick(logprobs_xV: jax.Array, ids_x: jax.Array) -> jax.Array:
+  return jnp.take_along_axis(logprobs_xV, ids_x[..., None], axis=-1)[..., 0]
+
+
+def two_stream_loss(student_BxNxK1xV: jax.Array, plan: AnchorPlan, options: LossOptions, *,
+                    response_ids_BxNxK1: jax.Array, response_valid_BxNxK1: jax.Array,
+                    response_teacher_logprob_BxNxK1: jax.Array,
+                    response_teacher_BxNxK1xV: jax.Array | None, rejected_ids_BxNxK1: jax.Array,
+                    rejected_teacher_BxNxK1xV: jax.Array | None) -> tuple[jax.Array, dict]:
+  """The Draft-OPD loss from the replayed drafter log-probs (over the drafter's vocabulary, ids in
+  it) and the teachers: full rows where `options.estimator == "full"`, token log-probs always."""
+  k = student_BxNxK1xV.shape[2] + 1
+  response_loss = token_loss(options.response_direction, options.estimator,
+                             response_teacher_logprob_BxNxK1,
+                             _pick(student_BxNxK1xV, response_ids_BxNxK1),
+                             response_teacher_BxNxK1xV, student_BxNxK1xV)
+  response = plan.response_BxNxK1 & response_valid_BxNxK1
+  if options.estimator == "full" and rejected_teacher_BxNxK1xV is None:
+    rejected_loss = jnp.zeros(rejected_ids_BxNxK1.shape)  # no rejected stream was recorded
+  else:
+    rejected_loss = token_loss(options.rejected_direction, options.estimator,
+                               plan.rejected_logprob_BxNxK1,
+                               _pick(student_BxNxK1xV, rejected_ids_BxNxK1),
+                               rejected_teacher_BxNxK1xV, student_BxNxK1xV)
+  rejected_weight = plan.rejected_BxNxK1 * position_weights(k, options.gamma, options.decay)
+  loss = combine(response_loss, response.astype(jnp.float32), rejected_loss, rejected_weight,
+                 aggregation=options.aggregation, response_lambda=options.response_lambda,
+                 rejected_lambda=options.rejected_lambda)
+  argmax_BxNxK1 = jnp.argmax(student_BxNxK1xV, axis=-1)
+  return loss, diagnostics(plan, response, response_loss, rejected_loss,
+                           argmax_BxNxK1 == response_ids_BxNxK1,
+                           argmax_BxNxK1 == rejected_ids_BxNxK1)
+
+
+def diagnostics(plan: AnchorPlan, response: jax.Array, response_loss: jax.Array,
+                rejected_loss: jax.Array, response_hit: jax.Array, proposal_hit: jax.Array
+                ) -> dict:
+  """Stream means, the make-up of the replayed tokens and how well replay matches the rollout."""
+  offsets = jnp.arange(1, plan.rejected_BxNxK1.shape[-1] + 1)
+  first = plan.first_rejected_BxN[..., None]
+  rejected = plan.rejected_BxNxK1
+  replayed = jnp.maximum(jnp.sum(response | rejected), 1)
+  mean = lambda x, m: jnp.sum(x * m) / jnp.maximum(jnp.sum(m), 1)
+  return {
+      "response_loss": mean(response_loss, response), "rejected_loss": mean(rejected_loss, rejected),
+      "response_tokens": jnp.sum(response), "rejected_tokens": jnp.sum(rejected),
+      "share_accepted": jnp.sum(response & ((first == 0) | (offsets < first))) / replayed,
+      "share_first_rejected": jnp.sum(rejected & (offsets == first)) / replayed,
+      "share_rejected_suffix": jnp.sum(rejected & (offsets > first)) / replayed,
+      "response_accuracy": mean(response_hit, response),
+      # The replayed drafter's greedy tokens equal the proposals it made in the rollout (1.0 when
+      # replay is exact and the weights have not moved).
+      "replay_agreement": mean(proposal_hit, rejected),
+  }

@@ -15,10 +15,11 @@ import jax.numpy as jnp
 import optax
 
 from draftopd_jax.decoding import engine
-from draftopd_jax.decoding.drafters import DFlashDrafter
+from draftopd_jax.decoding.drafters import DFlashDrafter, Eagle3Drafter
 from draftopd_jax.decoding.sampling import SamplingConfig
 from draftopd_jax.models import ModelConfig
-from draftopd_jax.training import anchor_plan, dflash_opd
+from draftopd_jax.training import anchor_plan, opd_replay
+from draftopd_jax.training.opd_losses import LossOptions
 from draftopd_jax.training.trainer import StepFn, TrainState
 
 
@@ -37,9 +38,9 @@ class RolloutOptions:
       raise ValueError(f"rollout.anchors={self.anchors!r}; choose error or random")
 
 
-def _rollout(drafter: DFlashDrafter, drafter_params, target_cfg, target_params, prompt_BxP,
-             prompt_mask_BxP, rng, options: RolloutOptions, record_verify_logprobs: bool
-             ) -> engine.DecodeState:
+def run_rollout(drafter: DFlashDrafter | Eagle3Drafter, drafter_params, target_cfg, target_params,
+                prompt_BxP, prompt_mask_BxP, rng, options: RolloutOptions,
+                record_verify_logprobs: bool) -> engine.DecodeState:
   statics = dict(max_new_tokens=options.max_new_tokens, sampling=options.sampling,
                  eos_ids=options.eos_ids)
   state = engine.prefill(target_cfg, target_params, drafter, drafter_params, prompt_BxP,
@@ -49,7 +50,7 @@ def _rollout(drafter: DFlashDrafter, drafter_params, target_cfg, target_params, 
                        jnp.int32(options.max_new_tokens), **statics)
 
 
-def _rollout_metrics(trace: engine.Trace, block_size: int) -> dict:
+def rollout_metrics(trace: engine.Trace, block_size: int) -> dict:
   used_BxN = jnp.arange(trace.anchor_pos_BxN.shape[1]) < trace.num_steps_B[:, None]
   first_BxN = jnp.where(trace.accepted_BxN < block_size - 1, trace.accepted_BxN + 1, 0)
   return {
@@ -62,16 +63,24 @@ def _rollout_metrics(trace: engine.Trace, block_size: int) -> dict:
   }
 
 
-def rollout_loss(drafter_params, rng, target_params, prompt_BxP, prompt_mask_BxP, *,
-                 drafter: DFlashDrafter, target_cfg: ModelConfig, rollout: RolloutOptions,
-                 loss: dflash_opd.LossOptions) -> tuple[jax.Array, dict]:
-  """Rolls out with `drafter_params` (no gradient), then the replayed loss (with gradient)."""
+def full_params(drafter, trainable: dict, d2t_Vd: jax.Array | None) -> dict:
+  """The drafter's parameters from the trained ones (EAGLE-3 keeps its vocabulary map fixed)."""
+  return {"model": trainable, "d2t": d2t_Vd} if isinstance(drafter, Eagle3Drafter) else trainable
+
+
+def rollout_loss(trainable_params, rng, target_params, prompt_BxP, prompt_mask_BxP, *,
+                 drafter: DFlashDrafter | Eagle3Drafter, d2t_Vd: jax.Array | None,
+                 target_cfg: ModelConfig, rollout: RolloutOptions, loss: LossOptions
+                 ) -> tuple[jax.Array, dict]:
+  """Rolls out with the drafter (no gradient), then the replayed loss (with gradient)."""
   target_params = jax.lax.stop_gradient(target_params)  # frozen, embedding and LM head included
   cfg = drafter.cfg
   rollout_key, plan_key = jax.random.split(rng)
   full_rejected = loss.estimator == "full" and rollout.rejected_stream
-  decoded = _rollout(drafter, jax.lax.stop_gradient(drafter_params), target_cfg, target_params,
-                     prompt_BxP, prompt_mask_BxP, rollout_key, rollout, full_rejected)
+  decoded = run_rollout(drafter, full_params(drafter, jax.lax.stop_gradient(trainable_params),
+                                             d2t_Vd),
+                        target_cfg, target_params, prompt_BxP, prompt_mask_BxP, rollout_key,
+                        rollout, full_rejected)
   trace = decoded.trace
   plan = anchor_plan.from_trace(trace, cfg.block_size, rollout.include_correction)
   if not rollout.rejected_stream:
@@ -81,19 +90,22 @@ def rollout_loss(drafter_params, rng, target_params, prompt_BxP, prompt_mask_BxP
     plan = anchor_plan.random_anchors(plan, plan_key, decoded.prompt_lens_B, decoded.lengths_B)
     if verify_logprobs is not None:  # the rejected stream sits in the second half of the blocks
       verify_logprobs = jnp.concatenate([verify_logprobs, verify_logprobs], axis=1)
-  teacher = dflash_opd.teacher_pass(cfg, target_cfg, target_params, decoded.tokens_BxS)
-  value, metrics = dflash_opd.loss_fn(drafter_params, cfg, target_cfg, target_params,
-                                      decoded.tokens_BxS, plan, teacher, loss, verify_logprobs)
-  return value, {"loss": value, **metrics, **_rollout_metrics(trace, cfg.block_size)}
+  teacher = opd_replay.teacher_pass(drafter.layer_ids, target_cfg, target_params,
+                                    decoded.tokens_BxS)
+  value, metrics = opd_replay.loss_fn(trainable_params, drafter, d2t_Vd, target_cfg,
+                                      target_params, decoded.tokens_BxS, plan, teacher, loss,
+                                      verify_logprobs)
+  return value, {"loss": value, **metrics, **rollout_metrics(trace, cfg.block_size)}
 
 
 def _opd_step(state: TrainState, target_params: dict, prompt_BxP: jax.Array,
-              prompt_mask_BxP: jax.Array, *, drafter: DFlashDrafter, target_cfg: ModelConfig,
+              prompt_mask_BxP: jax.Array, *, drafter: DFlashDrafter | Eagle3Drafter,
+              d2t_Vd: jax.Array | None, target_cfg: ModelConfig,
               optimizer: optax.GradientTransformation, rollout: RolloutOptions,
-              loss: dflash_opd.LossOptions) -> tuple[TrainState, dict]:
+              loss: LossOptions) -> tuple[TrainState, dict]:
   rng, step_key = jax.random.split(state.rng)
   r = rollout.rollouts_per_update
-  grad_fn = jax.value_and_grad(functools.partial(rollout_loss, drafter=drafter,
+  grad_fn = jax.value_and_grad(functools.partial(rollout_loss, drafter=drafter, d2t_Vd=d2t_Vd,
                                                  target_cfg=target_cfg, rollout=rollout,
                                                  loss=loss), has_aux=True)
   split = lambda x: x.reshape(r, x.shape[0] // r, *x.shape[1:])
@@ -116,12 +128,13 @@ def _opd_step(state: TrainState, target_params: dict, prompt_BxP: jax.Array,
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
 
 
-def opd_step_fn(*, drafter: DFlashDrafter, target_cfg: ModelConfig,
+def opd_step_fn(*, drafter: DFlashDrafter | Eagle3Drafter, target_cfg: ModelConfig,
                 optimizer: optax.GradientTransformation, rollout: RolloutOptions,
-                loss: dflash_opd.LossOptions) -> StepFn:
+                loss: LossOptions, d2t_Vd: jax.Array | None = None) -> StepFn:
   """(state, target_params, prompt_BxP, prompt_mask_BxP) -> (state, metrics); shard it with
-  `trainer.shard_step` like the SFT step (prompt rows take the batch sharding)."""
-  if not isinstance(drafter, DFlashDrafter):
-    raise ValueError("Draft-OPD training is implemented for DFlash drafters")
-  return functools.partial(_opd_step, drafter=drafter, target_cfg=target_cfg,
+  `trainer.shard_step` like the SFT step (prompt rows take the batch sharding). The state holds
+  the DFlash weights, or the EAGLE-3 "model" weights with `d2t_Vd` fixed."""
+  if isinstance(drafter, Eagle3Drafter) == (d2t_Vd is None):
+    raise ValueError("pass d2t_Vd for an EAGLE-3 drafter, and only then")
+  return functools.partial(_opd_step, drafter=drafter, d2t_Vd=d2t_Vd, target_cfg=target_cfg,
                            optimizer=optimizer, rollout=rollout, loss=loss)

@@ -13,7 +13,8 @@ import numpy as np
 from draftopd_jax.decoding.drafters import DFlashDrafter
 from draftopd_jax.models import ModelConfig, dflash, init_params
 from draftopd_jax.parallel import sharding
-from draftopd_jax.training import dflash_opd, opd_step, trainer
+from draftopd_jax.training import opd_step, trainer
+from draftopd_jax.training.opd_losses import LossOptions
 
 assert jax.device_count() == 8, "set XLA_FLAGS=--xla_force_host_platform_device_count=8"
 CFG = ModelConfig(family="qwen3", vocab_size=64, hidden_size=32, num_layers=4, num_heads=4,
@@ -23,7 +24,7 @@ D_CFG = dflash.DFlashConfig.for_target(CFG, num_layers=2, block_size=4, mask_tok
 OPT = trainer.make_optimizer(1e-2, warmup_steps=1, total_steps=10)
 STEP = opd_step.opd_step_fn(drafter=DFlashDrafter(D_CFG), target_cfg=CFG, optimizer=OPT,
                             rollout=opd_step.RolloutOptions(max_new_tokens=10),
-                            loss=dflash_opd.LossOptions())
+                            loss=LossOptions())
 rng = np.random.default_rng(0)
 PROMPTS = [jnp.asarray(rng.integers(1, 60, (8, 6)), jnp.int32) for _ in range(3)]
 MASK = jnp.asarray(np.arange(6)[None] >= rng.integers(0, 4, (8, 1)))

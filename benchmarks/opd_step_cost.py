@@ -1,0 +1,116 @@
+"""Cost of a Draft-OPD update on SmolLM2-135M-Instruct (CPU, fp32), by phase, and against an SFT
+step on the same number of target tokens.
+
+Phases, each jitted on its own and timed interleaved (medians over --runs):
+  rollout  prefill + the speculative `while_loop` with the current DFlash drafter (greedy)
+  teacher  the frozen target over the committed sequences (features + log-probs)
+  replay   drafter forward over every planned block + the two-stream loss + backward
+  update   AdamW on the gradients
+and the fused step (all four in one jit, as training runs it). The SFT step gets the same batch
+of B sequences of the same length S (= prompt width + new tokens + K), so both steps push B x S
+target tokens through the teacher forward.
+
+  python benchmarks/opd_step_cost.py [--drafter SFT_DRAFTER_DIR] [--runs 5] [--batch 4]
+The last line printed is JSON.
+"""
+
+import argparse
+import functools
+import json
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from draftopd_jax.data import prompts
+from draftopd_jax.decoding.completions import encode_prompts
+from draftopd_jax.decoding.drafters import DFlashDrafter
+from draftopd_jax.io import load_model
+from draftopd_jax.io.drafter_checkpoint import load_drafter
+from draftopd_jax.models import dflash
+from draftopd_jax.training import anchor_plan, opd, opd_replay, opd_step, trainer
+from draftopd_jax.training.opd_losses import LossOptions
+
+
+def timed(fn, *args) -> float:
+  started = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  return time.perf_counter() - started
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--drafter", default="", help="an SFT DFlash drafter (default: untrained)")
+  parser.add_argument("--runs", type=int, default=5)
+  parser.add_argument("--batch", type=int, default=4)
+  parser.add_argument("--new_tokens", type=int, default=64)
+  parser.add_argument("--prompt_width", type=int, default=128)
+  args = parser.parse_args()
+  model = load_model("smollm2-135m-instruct")
+  if args.drafter:
+    drafter, params = load_drafter(args.drafter, model.cfg)
+  else:
+    cfg = dflash.DFlashConfig.for_target(model.cfg, num_layers=2, block_size=8, mask_token_id=0)
+    drafter, params = DFlashDrafter(cfg), dflash.init_params(cfg)
+  cfg, k = drafter.cfg, drafter.cfg.block_size
+  texts = prompts.sharegpt_prompts("train", 64)
+  rows = [ids for ids in encode_prompts(model, texts, True) if len(ids) <= args.prompt_width]
+  batch = opd.fixed_width_batch(rows[:args.batch], args.prompt_width, model.tokenizer.pad_id)
+  rollout = opd_step.RolloutOptions(max_new_tokens=args.new_tokens,
+                                    eos_ids=model.tokenizer.eos_ids)
+  loss = LossOptions()
+  optimizer = trainer.make_optimizer(3e-4, 5, 100)
+  target = model.params
+
+  rollout_fn = jax.jit(lambda p, prompt, mask: opd_step.run_rollout(
+      drafter, p, model.cfg, target, prompt, mask, jax.random.key(0), rollout, False))
+  decoded = rollout_fn(params, *batch)
+  teacher_fn = jax.jit(lambda tokens: opd_replay.teacher_pass(cfg.target_layer_ids, model.cfg, target, tokens))
+  teacher = teacher_fn(decoded.tokens_BxS)
+  plan = anchor_plan.from_trace(decoded.trace, k)
+  replay_fn = jax.jit(jax.value_and_grad(lambda p, tokens, plan, teacher: opd_replay.loss_fn(
+      p, drafter, None, model.cfg, target, tokens, plan, teacher, loss)[0]))
+  _, grads = replay_fn(params, decoded.tokens_BxS, plan, teacher)
+  opt_state = optimizer.init(params)
+  update_fn = jax.jit(lambda g, s, p: optimizer.update(g, s, p))
+  fused = jax.jit(opd_step.opd_step_fn(drafter=drafter, target_cfg=model.cfg,
+                                       optimizer=optimizer, rollout=rollout, loss=loss))
+  seq_len = decoded.tokens_BxS.shape[1]
+  sft = jax.jit(trainer.dflash_step_fn(cfg=cfg, target_cfg=model.cfg, optimizer=optimizer,
+                                       num_anchors=16, gamma=0.0, distill=False))
+  sft_tokens = np.asarray(decoded.tokens_BxS)
+  sft_mask = np.broadcast_to(np.arange(seq_len) >= args.prompt_width, sft_tokens.shape)
+  state = lambda: trainer.init_state(jax.tree.map(np.array, params), optimizer, 0)
+  phases = {
+      "rollout": functools.partial(timed, rollout_fn, params, *batch),
+      "teacher": functools.partial(timed, teacher_fn, decoded.tokens_BxS),
+      "replay": functools.partial(timed, replay_fn, params, decoded.tokens_BxS, plan, teacher),
+      "update": functools.partial(timed, update_fn, grads, opt_state, params),
+      "opd_step": lambda: timed(fused, state(), target, *batch),
+      "sft_step": lambda: timed(sft, state(), target, sft_tokens, sft_mask),
+  }
+  for fn in phases.values():  # compile
+    fn()
+  times = {name: [] for name in phases}
+  for _ in range(args.runs):
+    for name, fn in phases.items():
+      times[name].append(fn())
+  medians = {name: statistics.median(t) for name, t in times.items()}
+  split = sum(medians[p] for p in ("rollout", "teacher", "replay", "update"))
+  result = {
+      "batch": args.batch, "seq_len": seq_len, "target_tokens_per_step": args.batch * seq_len,
+      "rollout_tau": float(opd_step.rollout_metrics(decoded.trace, k)["rollout_tau"]),
+      "seconds": {name: round(v, 3) for name, v in medians.items()},
+      "share": {p: round(medians[p] / split, 3) for p in ("rollout", "teacher", "replay", "update")},
+      "opd_to_sft_step_ratio": round(medians["opd_step"] / medians["sft_step"], 2),
+  }
+  for name, value in medians.items():
+    print(f"{name:>9}: {value:.3f} s")
+  print(f"OPD step / SFT step on {args.batch} x {seq_len} target tokens: "
+        f"{result['opd_to_sft_step_ratio']:.2f}")
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,128 @@
+"""Draft-OPD replay: re-draft the rollout's blocks with gradients and score the two streams.
+
+The frozen target runs once over the committed sequences (the teacher pass): its hidden states
+are the drafter's context, its log-probs the teacher of the response stream (on committed
+prefixes, which are also the drafter's prefixes there: those offsets follow accepted proposals).
+* DFlash: one drafter forward over every planned block in parallel, with the block mask (a block
+  sees the context strictly before its anchor). A block depends only on that context and its
+  anchor token, so replay at a recorded anchor reproduces the rollout's logits.
+* EAGLE-3: the training-time-test unroll, whose step s at index anchor-1 is the drafter's chain
+  s steps into the block, fed the drafter's *own* proposals of the rollout as inputs: rejected
+  tokens are scored under the prefix the drafter really drafted from. Its vocabulary is the draft
+  vocabulary: committed tokens outside it leave the response stream, and the target's
+  distributions are restricted to it (renormalized) for the full-vocabulary estimator.
+"""
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from draftopd_jax.decoding.drafters import DFlashDrafter, Eagle3Drafter
+from draftopd_jax.models import KVCache, ModelConfig, dflash, eagle3, forward
+from draftopd_jax.training import opd_losses
+from draftopd_jax.training.anchor_plan import AnchorPlan
+
+
+@flax.struct.dataclass
+class TeacherPass:
+  features_BxSxFxD: jax.Array  # target hidden states at the drafter's layers
+  logprobs_BxSxV: jax.Array  # log p(next token | prefix), temperature 1
+
+
+def teacher_pass(layer_ids: tuple[int, ...], target_cfg: ModelConfig, target_params: dict,
+                 tokens_BxS: jax.Array) -> TeacherPass:
+  b, s = tokens_BxS.shape
+  positions_BxS = jnp.broadcast_to(jnp.arange(s), (b, s))
+  out = forward(target_cfg, target_params, tokens_BxS, positions_BxS,
+                KVCache.create(target_cfg, b, s), layer_ids)
+  return TeacherPass(jax.lax.stop_gradient(out.hidden_BxTxFxD), jax.lax.stop_gradient(
+      jax.nn.log_softmax(out.logits_BxTxV.astype(jnp.float32), axis=-1)))
+
+
+def dflash_logprobs(cfg: dflash.DFlashConfig, drafter_params: dict, target_cfg: ModelConfig,
+                    target_params: dict, tokens_BxS: jax.Array, features_BxSxFxD: jax.Array,
+                    plan: AnchorPlan) -> jax.Array:
+  """Drafter log-probs [B, N, K-1, V] of slots 1..K-1 of every planned block."""
+  b, s = tokens_BxS.shape
+  positions_BxS = jnp.broadcast_to(jnp.arange(s), (b, s))
+  cache = dflash.write_context(cfg, drafter_params, dflash.ContextCache.create(cfg, b, s),
+                               features_BxSxFxD, positions_BxS)
+  anchor_tokens_BxN = jnp.take_along_axis(tokens_BxS, plan.anchor_pos_BxN, axis=1)
+  logits_BxNxKxV = dflash.block_logits(cfg, drafter_params, target_cfg, target_params,
+                                       anchor_tokens_BxN, plan.anchor_pos_BxN, cache)
+  return jax.nn.log_softmax(logits_BxNxKxV[:, :, 1:].astype(jnp.float32), axis=-1)
+
+
+def eagle3_logprobs(cfg: eagle3.Eagle3Config, drafter_params: dict, target_cfg: ModelConfig,
+                    target_params: dict, tokens_BxS: jax.Array, features_BxSxFxD: jax.Array,
+                    plan: AnchorPlan) -> jax.Array:
+  """Draft-vocabulary log-probs [B, N, K-1, Vd] of offsets 1..K-1 of every planned block: TTT
+  step s at index anchor-1, fed the block's proposals 1..s (drafted blocks) or the committed
+  tokens (the random-anchors ablation's blocks)."""
+  b, s = tokens_BxS.shape
+  k1 = cfg.block_size - 1
+  rows_Bx1 = jnp.arange(b)[:, None]
+  index_BxN = jnp.maximum(plan.anchor_pos_BxN - 1, 0)
+  inputs = []
+  for step in range(k1):
+    where = eagle3.ttt_positions(s, step)["input_token"]
+    tokens_for_step_BxS = jnp.take_along_axis(tokens_BxS, jnp.broadcast_to(where, (b, s)), 1)
+    if step > 0:  # drafted blocks take the drafter's own proposal `step` as the input
+      target_BxN = jnp.where(plan.drafted_BxN, index_BxN, s)  # s: out of range, dropped
+      tokens_for_step_BxS = tokens_for_step_BxS.at[rows_Bx1, target_BxN].set(
+          plan.proposals_BxNxK1[:, :, step - 1], mode="drop")
+    inputs.append(tokens_for_step_BxS)
+  logits_SxBxSxVd = eagle3.ttt_logits(cfg, drafter_params["model"], target_cfg, target_params,
+                                      tokens_BxS, features_BxSxFxD, k1, jnp.stack(inputs))
+  at_anchor_SxBxNxVd = jnp.take_along_axis(logits_SxBxSxVd, index_BxN[None, ..., None], axis=2)
+  return jax.nn.log_softmax(at_anchor_SxBxNxVd.transpose(1, 2, 0, 3), axis=-1)
+
+
+def _restricted(logprobs_xV: jax.Array, d2t_Vd: jax.Array) -> jax.Array:
+  """A target distribution restricted to the draft vocabulary, renormalized."""
+  return jax.nn.log_softmax(logprobs_xV[..., d2t_Vd], axis=-1)
+
+
+def loss_fn(trainable_params: dict, drafter, d2t_Vd: jax.Array | None, target_cfg: ModelConfig,
+            target_params: dict, tokens_BxS: jax.Array, plan: AnchorPlan, teacher: TeacherPass,
+            options: opd_losses.LossOptions,
+            verify_logprobs_BxNxK1xV: jax.Array | None = None) -> tuple[jax.Array, dict]:
+  """The Draft-OPD loss of one rollout batch, and diagnostics. `trainable_params` are the DFlash
+  weights, or the EAGLE-3 "model" weights (with `d2t_Vd` fixed). The full-vocabulary estimator
+  on the rejected stream needs the rollout's `verify_logprobs_BxNxK1xV`."""
+  b, s = tokens_BxS.shape
+  k = drafter.block_size
+  full = options.estimator == "full"
+  label_pos_BxNxK1 = jnp.minimum(plan.anchor_pos_BxN[..., None] + jnp.arange(1, k), s - 1)
+  flat = lambda x: x.reshape(b, -1)
+  labels_BxNxK1 = jnp.take_along_axis(tokens_BxS, flat(label_pos_BxNxK1), axis=1
+                                      ).reshape(label_pos_BxNxK1.shape)
+  teacher_rows_BxNxK1xV = jnp.take_along_axis(
+      teacher.logprobs_BxSxV, flat(label_pos_BxNxK1 - 1)[..., None], axis=1
+  ).reshape(*label_pos_BxNxK1.shape, -1)
+  teacher_label_logprob = jnp.take_along_axis(teacher_rows_BxNxK1xV, labels_BxNxK1[..., None],
+                                              axis=-1)[..., 0]
+  if isinstance(drafter, DFlashDrafter):
+    student = dflash_logprobs(drafter.cfg, trainable_params, target_cfg, target_params,
+                              tokens_BxS, teacher.features_BxSxFxD, plan)
+    response_ids, in_vocab = labels_BxNxK1, jnp.ones_like(labels_BxNxK1, bool)
+    rejected_ids = plan.proposals_BxNxK1
+    restrict = lambda rows: rows
+  elif isinstance(drafter, Eagle3Drafter):
+    student = eagle3_logprobs(drafter.cfg, {"model": trainable_params, "d2t": d2t_Vd}, target_cfg,
+                              target_params, tokens_BxS, teacher.features_BxSxFxD, plan)
+    t2d_V = jnp.full((target_cfg.vocab_size,), -1, jnp.int32).at[d2t_Vd].set(
+        jnp.arange(d2t_Vd.shape[0], dtype=jnp.int32))
+    response_ids = jnp.maximum(t2d_V[labels_BxNxK1], 0)
+    in_vocab = t2d_V[labels_BxNxK1] >= 0
+    rejected_ids = jnp.maximum(t2d_V[plan.proposals_BxNxK1], 0)  # proposals are in the vocab
+    restrict = lambda rows: _restricted(rows, d2t_Vd)
+  else:
+    raise ValueError(f"Draft-OPD replays DFlash and EAGLE-3 drafters, not {type(drafter).__name__}")
+  return opd_losses.two_stream_loss(
+      student, plan, options, response_ids_BxNxK1=response_ids, response_valid_BxNxK1=in_vocab,
+      response_teacher_logprob_BxNxK1=teacher_label_logprob,
+      response_teacher_BxNxK1xV=restrict(teacher_rows_BxNxK1xV) if full else None,
+      rejected_ids_BxNxK1=rejected_ids,
+      rejected_teacher_BxNxK1xV=(restrict(verify_logprobs_BxNxK1xV)
+                                 if full and verify_logprobs_BxNxK1xV is not None else None))
