@@ -24,7 +24,7 @@ def test_sharded_sft_step_equals_single_device():
 def test_pod_config_shards_a_qwen3_8b_target_and_lowers():
   result = run_with_8_devices("pod_config.py")
   assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-  assert "lowered:" in result.stdout
+  assert "lowered:" in result.stdout and "opd lowered:" in result.stdout
 
 
 def test_sharded_opd_step_equals_single_device():

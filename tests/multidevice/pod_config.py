@@ -62,3 +62,25 @@ step = jax.jit(step_fn, in_shardings=(sharding.tree_shardings(mesh, rules, state
                                       sharding.batch_sharding(mesh, rules)))
 lowered = step.lower(state, target, tokens, mask)
 print("lowered:", len(lowered.as_text()) // 1000, "k characters of StableHLO")
+
+# The Draft-OPD pod job on the same mesh: rollout, replay and update lower for the 8B target.
+from draftopd_jax.decoding.drafters import DFlashDrafter  # noqa: E402
+from draftopd_jax.decoding.sampling import SamplingConfig  # noqa: E402
+from draftopd_jax.training import opd_step  # noqa: E402
+from draftopd_jax.training.opd_losses import LossOptions  # noqa: E402
+
+opd_config = runpy.run_path(str(CONFIG_FILE.with_name("opd.py")))["get_config"]("qwen3_8b_pod")
+r = opd_config.rollout
+opd_fn = opd_step.opd_step_fn(
+    drafter=DFlashDrafter(drafter_cfg), target_cfg=target_cfg, optimizer=optimizer,
+    rollout=opd_step.RolloutOptions(max_new_tokens=r.max_new_tokens, eos_ids=(151645,),
+                                    sampling=SamplingConfig(temperature=r.temperature),
+                                    rollouts_per_update=2),
+    loss=LossOptions(**opd_config.loss))
+prompts = jax.ShapeDtypeStruct((16, opd_config.data.max_prompt_tokens), np.int32)
+prompt_mask = jax.ShapeDtypeStruct((16, opd_config.data.max_prompt_tokens), np.bool_)
+rows = sharding.batch_sharding(mesh, rules)
+opd_lowered = jax.jit(opd_fn, in_shardings=(sharding.tree_shardings(mesh, rules, state),
+                                            sharding.tree_shardings(mesh, rules, target),
+                                            rows, rows)).lower(state, target, prompts, prompt_mask)
+print("opd lowered:", len(opd_lowered.as_text()) // 1000, "k characters of StableHLO")
