@@ -30,9 +30,6 @@ from draftopd_jax.training.heldout import HeldoutTau
 from draftopd_jax.training.metric_writer import MetricWriter
 from draftopd_jax.training.sft import run_sft
 
-SUMMED = ("first_rejection_histogram", "rollout_tokens", "response_tokens", "rejected_tokens")
-
-
 def starting_drafter(config, out: pathlib.Path, target_cfg):
   """The drafter to post-train: `init_from`, else the result of the SFT warm-up job (run, or
   resumed, in WORKDIR/sft_warmup)."""
@@ -151,8 +148,7 @@ def run_opd(config, workdir: str | None) -> dict:
       used_flops += sum(step_flops.values())
       if (step + 1) % config.log_every == 0:
         writer.write(step + 1, {
-            **{k: np.asarray(v).tolist() if k in SUMMED or np.ndim(v) else round(float(v), 5)
-               for k, v in metrics.items()},
+            **{k: np.asarray(v).round(5).tolist() for k, v in metrics.items()},
             "seconds_per_step": seconds, "train_flops": used_flops,
             **{f"flops_{k}": v for k, v in step_flops.items()}})
       bar.set_postfix(loss=f"{loss:.3f}", rollout_tau=f"{float(metrics['rollout_tau']):.2f}")

@@ -23,6 +23,10 @@ from draftopd_jax.training.opd_losses import LossOptions
 from draftopd_jax.training.trainer import StepFn, TrainState
 
 
+# Metrics that add up over the rollout batches of an update (the others are averaged).
+COUNTS = ("first_rejection_histogram", "rollout_tokens", "response_tokens", "rejected_tokens")
+
+
 @dataclasses.dataclass(frozen=True)
 class RolloutOptions:
   max_new_tokens: int
@@ -118,9 +122,8 @@ def _opd_step(state: TrainState, target_params: dict, prompt_BxP: jax.Array,
   _, (grads, metrics) = jax.lax.scan(
       one_rollout, None, (jax.random.split(step_key, r), split(prompt_BxP), split(prompt_mask_BxP)))
   grads = jax.tree.map(lambda g: g.mean(0), grads)
-  metrics = {name: (value.sum(0) if name in ("first_rejection_histogram", "rollout_tokens",
-                                             "response_tokens", "rejected_tokens")
-                    else value.max(0) if name == "rollout_steps" else value.mean(0))
+  metrics = {name: (value.sum(0) if name in COUNTS else
+                    value.max(0) if name == "rollout_steps" else value.mean(0))
              for name, value in metrics.items()}
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
