@@ -44,8 +44,8 @@ def main() -> None:
   parser.add_argument("--drafter", default="", help="an SFT DFlash drafter (default: untrained)")
   parser.add_argument("--runs", type=int, default=5)
   parser.add_argument("--batch", type=int, default=4)
-  parser.add_argument("--new_tokens", type=int, default=64)
-  parser.add_argument("--prompt_width", type=int, default=128)
+  parser.add_argument("--new_tokens", type=int, default=32)
+  parser.add_argument("--prompt_width", type=int, default=96)
   args = parser.parse_args()
   model = load_model("smollm2-135m-instruct")
   if args.drafter:

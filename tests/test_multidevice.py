@@ -9,14 +9,14 @@ import sys
 HERE = pathlib.Path(__file__).resolve().parent
 
 
-def run_with_8_devices(script: str) -> subprocess.CompletedProcess:
+def run_with_8_devices(script: str, *args: str) -> subprocess.CompletedProcess:
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  return subprocess.run([sys.executable, str(HERE / "multidevice" / script)], env=env,
+  return subprocess.run([sys.executable, str(HERE / "multidevice" / script), *args], env=env,
                         capture_output=True, text=True, timeout=600)
 
 
 def test_sharded_sft_step_equals_single_device():
-  result = run_with_8_devices("sharded_step.py")
+  result = run_with_8_devices("sharded_steps.py", "sft")
   assert result.returncode == 0, result.stdout + result.stderr[-3000:]
   assert "max param diff" in result.stdout
 
@@ -28,6 +28,6 @@ def test_pod_config_shards_a_qwen3_8b_target_and_lowers():
 
 
 def test_sharded_opd_step_equals_single_device():
-  result = run_with_8_devices("opd_step.py")
+  result = run_with_8_devices("sharded_steps.py", "opd")
   assert result.returncode == 0, result.stdout + result.stderr[-3000:]
   assert "max param diff" in result.stdout

@@ -1,7 +1,8 @@
-"""Run with 8 fake CPU devices: the DFlash SFT step sharded over data=2 x fsdp=2 x tensor=2 (by the
-logical-axis rules) equals the single-device one.
+"""Run with 8 fake CPU devices: a train step sharded over data=2 x fsdp=2 x tensor=2 (by the
+logical-axis rules) equals the single-device step, for the DFlash SFT step and the Draft-OPD step
+(rollout, replay and update).
 
-  XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/multidevice/sharded_step.py
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/multidevice/sharded_steps.py sft|opd
 Prints the largest differences and exits non-zero if they exceed the tolerance.
 """
 
@@ -12,9 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from draftopd_jax.decoding.drafters import DFlashDrafter
 from draftopd_jax.models import ModelConfig, dflash, init_params
 from draftopd_jax.parallel import sharding
-from draftopd_jax.training import trainer
+from draftopd_jax.training import opd_step, trainer
+from draftopd_jax.training.opd_losses import LossOptions
 
 assert jax.device_count() == 8, "set XLA_FLAGS=--xla_force_host_platform_device_count=8"
 CFG = ModelConfig(family="qwen3", vocab_size=64, hidden_size=32, num_layers=4, num_heads=4,
@@ -22,26 +25,32 @@ CFG = ModelConfig(family="qwen3", vocab_size=64, hidden_size=32, num_layers=4, n
 TARGET = init_params(CFG, seed=3)
 D_CFG = dflash.DFlashConfig.for_target(CFG, num_layers=2, block_size=4, mask_token_id=63)
 OPT = trainer.make_optimizer(1e-2, warmup_steps=1, total_steps=10)
-STEP = trainer.dflash_step_fn(cfg=D_CFG, target_cfg=CFG, optimizer=OPT, num_anchors=4, gamma=0.0,
-                              distill=False)
 rng = np.random.default_rng(0)
-TOKENS = [jnp.asarray(rng.integers(0, 63, (8, 24)), jnp.int32) for _ in range(3)]
-MASK = jnp.asarray(np.arange(24)[None].repeat(8, 0) >= 6)
+if sys.argv[1] == "sft":
+  STEP = trainer.dflash_step_fn(cfg=D_CFG, target_cfg=CFG, optimizer=OPT, num_anchors=4,
+                                gamma=0.0, distill=False)
+  mask = jnp.asarray(np.arange(24)[None].repeat(8, 0) >= 6)  # response tokens
+  BATCHES = [(jnp.asarray(rng.integers(0, 63, (8, 24)), jnp.int32), mask) for _ in range(3)]
+else:
+  STEP = opd_step.opd_step_fn(drafter=DFlashDrafter(D_CFG), target_cfg=CFG, optimizer=OPT,
+                              rollout=opd_step.RolloutOptions(max_new_tokens=10),
+                              loss=LossOptions())
+  mask = jnp.asarray(np.arange(6)[None] >= rng.integers(0, 4, (8, 1)))  # left-padded prompts
+  BATCHES = [(jnp.asarray(rng.integers(1, 60, (8, 6)), jnp.int32), mask) for _ in range(3)]
 
 
 def run(step_fn, state, target):
   losses = []
-  for tokens in TOKENS:
-    state, metrics = step_fn(state, target, tokens, MASK)
+  for batch in BATCHES:
+    state, metrics = step_fn(state, target, *batch)
     losses.append(float(metrics["loss"]))
   return losses, jax.device_get(state.params)
 
 
-single_losses, single_params = run(
-    jax.jit(STEP), trainer.init_state(dflash.init_params(D_CFG), OPT, 0), TARGET)
+fresh_state = lambda: trainer.init_state(dflash.init_params(D_CFG), OPT, 0)
+single_losses, single_params = run(jax.jit(STEP), fresh_state(), TARGET)
 mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
-step, state, target = trainer.shard_step(STEP, mesh, trainer.init_state(dflash.init_params(D_CFG),
-                                                                         OPT, 0), TARGET)
+step, state, target = trainer.shard_step(STEP, mesh, fresh_state(), TARGET)
 specs = {s.spec for s in jax.tree.leaves(jax.tree.map(lambda x: x.sharding, (state, target)))}
 for spec in (P(None, "fsdp", "tensor"), P(None, "tensor", "fsdp"), P("tensor", "fsdp")):
   assert spec in specs, f"{spec} missing from {specs}"  # stacked q/k/v, o/down, embedding
