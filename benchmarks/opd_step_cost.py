@@ -100,7 +100,7 @@ def main() -> None:
   split = sum(medians[p] for p in ("rollout", "teacher", "replay", "update"))
   result = {
       "batch": args.batch, "seq_len": seq_len, "target_tokens_per_step": args.batch * seq_len,
-      "rollout_tau": float(opd_step.rollout_metrics(decoded.trace, k)["rollout_tau"]),
+      "rollout_tau": float(opd_step.rollout_metrics(decoded.trace, plan)["rollout_tau"]),
       "seconds": {name: round(v, 3) for name, v in medians.items()},
       "share": {p: round(medians[p] / split, 3) for p in ("rollout", "teacher", "replay", "update")},
       "opd_to_sft_step_ratio": round(medians["opd_step"] / medians["sft_step"], 2),

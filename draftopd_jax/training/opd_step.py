@@ -54,13 +54,15 @@ def run_rollout(drafter: DFlashDrafter | Eagle3Drafter, drafter_params, target_c
                        jnp.int32(options.max_new_tokens), **statics)
 
 
-def rollout_metrics(trace: engine.Trace, block_size: int) -> dict:
-  used_BxN = jnp.arange(trace.anchor_pos_BxN.shape[1]) < trace.num_steps_B[:, None]
-  first_BxN = jnp.where(trace.accepted_BxN < block_size - 1, trace.accepted_BxN + 1, 0)
+def rollout_metrics(trace: engine.Trace, plan: anchor_plan.AnchorPlan) -> dict:
+  """From the trace and its own plan (before any ablation reshapes it)."""
+  used_BxN = plan.drafted_BxN
+  block_size = plan.proposals_BxNxK1.shape[-1] + 1
   return {
       "rollout_tau": jnp.sum((trace.accepted_BxN + 1) * used_BxN) / jnp.maximum(used_BxN.sum(), 1),
       # Index 0: every proposal accepted; index k: the first rejection at offset k.
-      "first_rejection_histogram": jnp.sum((first_BxN[..., None] == jnp.arange(block_size))
+      "first_rejection_histogram": jnp.sum((plan.first_rejected_BxN[..., None]
+                                            == jnp.arange(block_size))
                                            & used_BxN[..., None], axis=(0, 1)),
       "rollout_steps": jnp.max(trace.num_steps_B),
       "rollout_tokens": jnp.sum(trace.committed_BxN),
@@ -87,6 +89,7 @@ def rollout_loss(trainable_params, rng, target_params, prompt_BxP, prompt_mask_B
                         rollout, full_rejected)
   trace = decoded.trace
   plan = anchor_plan.from_trace(trace, cfg.block_size, rollout.include_correction)
+  stats = rollout_metrics(trace, plan)
   if not rollout.rejected_stream:
     plan = anchor_plan.without_rejected(plan)
   verify_logprobs = trace.verify_logprobs_BxNxK1xV
@@ -99,7 +102,7 @@ def rollout_loss(trainable_params, rng, target_params, prompt_BxP, prompt_mask_B
   value, metrics = opd_replay.loss_fn(trainable_params, drafter, d2t_Vd, target_cfg,
                                       target_params, decoded.tokens_BxS, plan, teacher, loss,
                                       verify_logprobs)
-  return value, {"loss": value, **metrics, **rollout_metrics(trace, cfg.block_size)}
+  return value, {"loss": value, **metrics, **stats}
 
 
 def _opd_step(state: TrainState, target_params: dict, prompt_BxP: jax.Array,
