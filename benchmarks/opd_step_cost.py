@@ -2,13 +2,15 @@
 step on the same number of target tokens.
 
 Phases, each jitted on its own and timed interleaved (medians over --runs):
-  rollout  prefill + the speculative `while_loop` with the current DFlash drafter (greedy)
-  teacher  the frozen target over the committed sequences (features + log-probs)
+  rollout  prefill + the speculative `while_loop` with the current DFlash drafter (greedy),
+           recording the target's features and log-probs (the teacher: no second target pass)
   replay   drafter forward over every planned block + the two-stream loss + backward
   update   AdamW on the gradients
-and the fused step (all four in one jit, as training runs it). The SFT step gets the same batch
-of B sequences of the same length S (= prompt width + new tokens + K), so both steps push B x S
-target tokens through the teacher forward.
+and the fused step (all three in one jit, as training runs it). For reference also the rollout
+without recording (`rollout_bare`, what inference runs) and the second target pass over the
+finished sequences that recording replaces (`target_pass`, still used by random anchors). The
+SFT step gets the same batch of B sequences of the same length S (= prompt width + new tokens +
+K): its target forward covers the same B x S tokens the rollout commits.
 
   python benchmarks/opd_step_cost.py [--drafter SFT_DRAFTER_DIR] [--runs 5] [--batch 4]
 The last line printed is JSON.
@@ -63,12 +65,14 @@ def main() -> None:
   optimizer = trainer.make_optimizer(3e-4, 5, 100)
   target = model.params
 
-  rollout_fn = jax.jit(lambda p, prompt, mask: opd_step.run_rollout(
-      drafter, p, model.cfg, target, prompt, mask, jax.random.key(0), rollout, False))
-  decoded = rollout_fn(params, *batch)
-  teacher_fn = jax.jit(lambda tokens: opd_replay.teacher_pass(cfg.target_layer_ids, model.cfg, target, tokens))
-  teacher = teacher_fn(decoded.tokens_BxS)
+  rollout_fn = jax.jit(lambda p, prompt, mask, record: opd_step.run_rollout(
+      drafter, p, model.cfg, target, prompt, mask, jax.random.key(0), rollout,
+      record_features=record), static_argnums=3)
+  decoded = rollout_fn(params, *batch, True)
+  teacher = opd_replay.from_rollout(decoded)
   plan = anchor_plan.from_trace(decoded.trace, k)
+  target_pass_fn = jax.jit(lambda tokens, anchors: opd_replay.target_pass(
+      cfg.target_layer_ids, model.cfg, target, tokens, anchors, k, full_rows=False))
   replay_fn = jax.jit(jax.value_and_grad(lambda p, tokens, plan, teacher: opd_replay.loss_fn(
       p, drafter, None, model.cfg, target, tokens, plan, teacher, loss)[0]))
   _, grads = replay_fn(params, decoded.tokens_BxS, plan, teacher)
@@ -83,12 +87,14 @@ def main() -> None:
   sft_mask = np.broadcast_to(np.arange(seq_len) >= args.prompt_width, sft_tokens.shape)
   state = lambda: trainer.init_state(jax.tree.map(np.array, params), optimizer, 0)
   phases = {
-      "rollout": functools.partial(timed, rollout_fn, params, *batch),
-      "teacher": functools.partial(timed, teacher_fn, decoded.tokens_BxS),
+      "rollout": functools.partial(timed, rollout_fn, params, *batch, True),
       "replay": functools.partial(timed, replay_fn, params, decoded.tokens_BxS, plan, teacher),
       "update": functools.partial(timed, update_fn, grads, opt_state, params),
       "opd_step": lambda: timed(fused, state(), target, *batch),
       "sft_step": lambda: timed(sft, state(), target, sft_tokens, sft_mask),
+      "rollout_bare": functools.partial(timed, rollout_fn, params, *batch, False),
+      "target_pass": functools.partial(timed, target_pass_fn, decoded.tokens_BxS,
+                                       plan.anchor_pos_BxN),
   }
   for fn in phases.values():  # compile
     fn()
@@ -97,12 +103,13 @@ def main() -> None:
     for name, fn in phases.items():
       times[name].append(fn())
   medians = {name: statistics.median(t) for name, t in times.items()}
-  split = sum(medians[p] for p in ("rollout", "teacher", "replay", "update"))
+  phase_names = ("rollout", "replay", "update")
+  split = sum(medians[p] for p in phase_names)
   result = {
       "batch": args.batch, "seq_len": seq_len, "target_tokens_per_step": args.batch * seq_len,
       "rollout_tau": float(opd_step.rollout_metrics(decoded.trace, plan)["rollout_tau"]),
       "seconds": {name: round(v, 3) for name, v in medians.items()},
-      "share": {p: round(medians[p] / split, 3) for p in ("rollout", "teacher", "replay", "update")},
+      "share": {p: round(medians[p] / split, 3) for p in phase_names},
       "opd_to_sft_step_ratio": round(medians["opd_step"] / medians["sft_step"], 2),
   }
   for name, value in medians.items():

@@ -131,7 +131,7 @@ def rollout(drafter_params, prompts, mask, max_new_tokens=12):
   drafter = DFlashDrafter(D_CFG)
   state = engine.prefill(CFG, TARGET, drafter, drafter_params, prompts, mask, jax.random.key(0),
                          max_new_tokens=max_new_tokens, sampling=SamplingConfig(),
-                         eos_ids=())
+                         eos_ids=(), record_features=True, record_verify_logprobs=True)
   return state, drafter
 
 
@@ -153,9 +153,8 @@ def test_replayed_logits_equal_the_rollout_logits():
     state = engine.decode(CFG, TARGET, drafter, params, state, state.step + 1, max_new_tokens=12,
                           sampling=SamplingConfig(), eos_ids=())
   plan = anchor_plan.from_trace(state.trace, K)
-  teacher = opd_replay.teacher_pass(D_CFG.target_layer_ids, CFG, TARGET, state.tokens_BxS)
   replayed = opd_replay.dflash_logprobs(D_CFG, params, CFG, TARGET, state.tokens_BxS,
-                                        teacher.features_BxSxFxD, plan)
+                                        opd_replay.from_rollout(state).features_BxSxFxD, plan)
   used = np.asarray(state.trace.num_steps_B)
   assert len(seen) == used.sum()
   for row in range(3):
@@ -164,6 +163,28 @@ def test_replayed_logits_equal_the_rollout_logits():
       np.testing.assert_allclose(replayed[row, n], seen[row, anchor], atol=2e-4)
       np.testing.assert_array_equal(jnp.argmax(replayed[row, n], -1),
                                     state.trace.proposals_BxNxK1[row, n])
+
+
+def test_the_rollouts_records_are_the_teacher_of_a_second_target_pass():
+  """Features at every verified position, and the committed tokens' log-probs and full rows at
+  every response offset, equal one target forward over the finished sequences."""
+  params = dflash.init_params(D_CFG, seed=1)
+  state, drafter = rollout(params, PROMPTS, MASK)
+  state = engine.decode(CFG, TARGET, drafter, params, state, jnp.int32(12), max_new_tokens=12,
+                        sampling=SamplingConfig(), eos_ids=())
+  plan = anchor_plan.from_trace(state.trace, K)
+  recorded = opd_replay.from_rollout(state)
+  second = opd_replay.target_pass(D_CFG.target_layer_ids, CFG, TARGET, state.tokens_BxS,
+                                  plan.anchor_pos_BxN, K, full_rows=True)
+  for row, length in enumerate(np.asarray(state.lengths_B)):
+    np.testing.assert_allclose(recorded.features_BxSxFxD[row, :length - 1],
+                               second.features_BxSxFxD[row, :length - 1], atol=1e-4)
+  response = np.asarray(plan.response_BxNxK1)
+  assert response.sum() > 10 and (~response & np.asarray(plan.drafted_BxN)[..., None]).sum() > 10
+  np.testing.assert_allclose(np.asarray(recorded.response_logprob_BxNxK1)[response],
+                             np.asarray(second.response_logprob_BxNxK1)[response], atol=1e-4)
+  np.testing.assert_allclose(np.asarray(recorded.rows_BxNxK1xV)[response],
+                             np.asarray(second.rows_BxNxK1xV)[response], atol=1e-4)
 
 
 E_CFG = eagle3.Eagle3Config.for_target(CFG, block_size=4, draft_vocab_size=48)
@@ -180,7 +201,8 @@ def test_eagle3_replay_feeds_the_drafters_own_proposals():
   params = eagle3_params()
   drafter = Eagle3Drafter(E_CFG)
   statics = dict(max_new_tokens=12, sampling=SamplingConfig(), eos_ids=())
-  state = engine.prefill(CFG, TARGET, drafter, params, PROMPTS, MASK, jax.random.key(0), **statics)
+  state = engine.prefill(CFG, TARGET, drafter, params, PROMPTS, MASK, jax.random.key(0),
+                         record_features=True, **statics)
   seen = {}
   while not bool(state.done_B.all()):
     anchor_B = state.lengths_B - 1
@@ -200,9 +222,8 @@ def test_eagle3_replay_feeds_the_drafters_own_proposals():
       seen[row, int(anchor_B[row])] = (np.asarray(proposals[row]), [c[row] for c in chain])
     state = engine.decode(CFG, TARGET, drafter, params, state, state.step + 1, **statics)
   plan = anchor_plan.from_trace(state.trace, E_CFG.block_size)
-  teacher = opd_replay.teacher_pass(E_CFG.target_layer_ids, CFG, TARGET, state.tokens_BxS)
   replayed = opd_replay.eagle3_logprobs(E_CFG, params, CFG, TARGET, state.tokens_BxS,
-                                        teacher.features_BxSxFxD, plan)
+                                        opd_replay.from_rollout(state).features_BxSxFxD, plan)
   used = np.asarray(state.trace.num_steps_B)
   assert len(seen) == used.sum()
   for row in range(3):

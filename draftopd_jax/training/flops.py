@@ -47,11 +47,12 @@ def _eagle3_token_step(cfg, context: int) -> int:
 
 
 def opd(cfg, target: ModelConfig, batch: int, prompt_len: int, seq_len: int,
-        rollout_steps: int, num_blocks: int) -> dict[str, float]:
+        rollout_steps: int, num_blocks: int, target_pass: bool = False) -> dict[str, float]:
   """One Draft-OPD update over `batch` sequences: the rollout (prefill, then `rollout_steps`
-  verify steps of the whole batch, each with a drafter proposal), the teacher pass over the
-  committed sequences and the replay (forward + backward): `num_blocks` DFlash blocks per
-  sequence, or the EAGLE-3 unroll of K-1 steps over every position."""
+  verify steps of the whole batch, each with a drafter proposal), with `target_pass` a second
+  target forward over the committed sequences (random anchors), and the replay (forward +
+  backward): `num_blocks` DFlash blocks per sequence, or the EAGLE-3 unroll of K-1 steps over
+  every position."""
   k = cfg.block_size
   if isinstance(cfg, dflash.DFlashConfig):
     propose = dflash_forward(cfg, target, batch * k, batch * k, seq_len)
@@ -62,8 +63,9 @@ def opd(cfg, target: ModelConfig, batch: int, prompt_len: int, seq_len: int,
     replay = 2.0 * batch * seq_len * (fuse + (k - 1) * _eagle3_token_step(cfg, seq_len))
   rollout = (target_forward(target, batch * prompt_len, prompt_len)
              + rollout_steps * (target_forward(target, batch * k, seq_len) + propose))
-  return {"rollout": rollout, "teacher_forward": target_forward(target, batch * seq_len, seq_len),
-          "drafter_forward": replay, "drafter_backward": 2 * replay}
+  second_pass = target_forward(target, batch * seq_len, seq_len) if target_pass else 0.0
+  return {"rollout": rollout, "target_pass": second_pass, "drafter_forward": replay,
+          "drafter_backward": 2 * replay}
 
 
 def eagle3_train(cfg, target: ModelConfig, batch: int, seq_len: int, ttt_steps: int

@@ -144,7 +144,8 @@ def run_opd(config, workdir: str | None) -> dict:
         raise UserError(f"loss became {loss} at step {step}; the last good checkpoint is kept "
                         "(lower train.learning_rate)")
       step_flops = flops.opd(drafter.cfg, model.cfg, batch, width, seq_len,
-                             int(metrics["rollout_steps"]) * r.rollouts_per_update, blocks)
+                             int(metrics["rollout_steps"]) * r.rollouts_per_update, blocks,
+                             target_pass=r.anchors == "random")
       used_flops += sum(step_flops.values())
       if (step + 1) % config.log_every == 0:
         writer.write(step + 1, {

@@ -109,24 +109,22 @@ def _pick(logprobs_xV: jax.Array, ids_x: jax.Array) -> jax.Array:
 
 def two_stream_loss(student_BxNxK1xV: jax.Array, plan: AnchorPlan, options: LossOptions, *,
                     response_ids_BxNxK1: jax.Array, response_valid_BxNxK1: jax.Array,
-                    response_teacher_logprob_BxNxK1: jax.Array,
-                    response_teacher_BxNxK1xV: jax.Array | None, rejected_ids_BxNxK1: jax.Array,
-                    rejected_teacher_BxNxK1xV: jax.Array | None) -> tuple[jax.Array, dict]:
+                    response_teacher_logprob_BxNxK1: jax.Array, rejected_ids_BxNxK1: jax.Array,
+                    teacher_BxNxK1xV: jax.Array | None) -> tuple[jax.Array, dict]:
   """The Draft-OPD loss from the replayed drafter log-probs (over the drafter's vocabulary, ids in
-  it) and the teachers: full rows where `options.estimator == "full"`, token log-probs always."""
+  it) and the teacher: token log-probs always (the rejected stream's are in the plan), and where
+  `options.estimator == "full"` the full rows at each offset, which serve both streams (a response
+  offset's prefix is committed, a rejected offset's is the drafter's)."""
   k = student_BxNxK1xV.shape[2] + 1
   response_loss = token_loss(options.response_direction, options.estimator,
                              response_teacher_logprob_BxNxK1,
                              _pick(student_BxNxK1xV, response_ids_BxNxK1),
-                             response_teacher_BxNxK1xV, student_BxNxK1xV)
+                             teacher_BxNxK1xV, student_BxNxK1xV)
   response = plan.response_BxNxK1 & response_valid_BxNxK1
-  if options.estimator == "full" and rejected_teacher_BxNxK1xV is None:
-    rejected_loss = jnp.zeros(rejected_ids_BxNxK1.shape)  # no rejected stream was recorded
-  else:
-    rejected_loss = token_loss(options.rejected_direction, options.estimator,
-                               plan.rejected_logprob_BxNxK1,
-                               _pick(student_BxNxK1xV, rejected_ids_BxNxK1),
-                               rejected_teacher_BxNxK1xV, student_BxNxK1xV)
+  rejected_loss = token_loss(options.rejected_direction, options.estimator,
+                             plan.rejected_logprob_BxNxK1,
+                             _pick(student_BxNxK1xV, rejected_ids_BxNxK1),
+                             teacher_BxNxK1xV, student_BxNxK1xV)
   rejected_weight = plan.rejected_BxNxK1 * position_weights(k, options.gamma, options.decay)
   loss = combine(response_loss, response.astype(jnp.float32), rejected_loss, rejected_weight,
                  aggregation=options.aggregation, response_lambda=options.response_lambda,

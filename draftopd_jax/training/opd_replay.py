@@ -1,8 +1,11 @@
 """Draft-OPD replay: re-draft the rollout's blocks with gradients and score the two streams.
 
-The frozen target runs once over the committed sequences (the teacher pass): its hidden states
-are the drafter's context, its log-probs the teacher of the response stream (on committed
-prefixes, which are also the drafter's prefixes there: those offsets follow accepted proposals).
+The teacher is the frozen target as the rollout already ran it: its hidden states at every
+committed position are the drafter's context, and each verify pass gives, at offset k of its
+block, the target's distribution after the anchor and proposals 1..k-1 -- the committed prefix for
+the response stream (those offsets follow accepted proposals), the draft prefix for the rejected
+stream. Only the random-anchors ablation, whose blocks are not verify steps, needs a second target
+pass over the finished sequences (`target_pass`).
 * DFlash: one drafter forward over every planned block in parallel, with the block mask (a block
   sees the context strictly before its anchor). A block depends only on that context and its
   anchor token, so replay at a recorded anchor reproduces the rollout's logits.
@@ -18,25 +21,56 @@ import jax
 import jax.numpy as jnp
 
 from draftopd_jax.decoding.drafters import DFlashDrafter, Eagle3Drafter
+from draftopd_jax.decoding.engine import DecodeState
 from draftopd_jax.models import KVCache, ModelConfig, dflash, eagle3, forward
 from draftopd_jax.training import opd_losses
 from draftopd_jax.training.anchor_plan import AnchorPlan
 
 
 @flax.struct.dataclass
-class TeacherPass:
-  features_BxSxFxD: jax.Array  # target hidden states at the drafter's layers
-  logprobs_BxSxV: jax.Array  # log p(next token | prefix), temperature 1
+class Teacher:
+  """The frozen target's side of the loss for the replayed blocks (log-probs at temperature 1)."""
+  features_BxSxFxD: jax.Array  # hidden states at the drafter's layers: the drafter's context
+  response_logprob_BxNxK1: jax.Array  # log p(committed token at offset k | committed prefix)
+  rows_BxNxK1xV: jax.Array | None  # full log p rows at offsets 1..K-1 (the full estimator)
 
 
-def teacher_pass(layer_ids: tuple[int, ...], target_cfg: ModelConfig, target_params: dict,
-                 tokens_BxS: jax.Array) -> TeacherPass:
+def from_rollout(decoded: DecodeState) -> Teacher:
+  """The teacher of blocks anchored where the rollout's verify steps were (`from_trace` plans);
+  the rollout must have recorded its features (and its verify rows for the full estimator)."""
+  trace = decoded.trace
+  return Teacher(jax.lax.stop_gradient(decoded.features_BxSxFxD),
+                 jax.lax.stop_gradient(trace.committed_logprob_BxNxK1),
+                 jax.lax.stop_gradient(trace.verify_logprobs_BxNxK1xV))
+
+
+def label_positions(tokens_BxS: jax.Array, anchor_pos_BxN: jax.Array, block_size: int
+                    ) -> jax.Array:
+  """Positions [B, N, K-1] of offsets 1..K-1 of every block (clipped to the sequence)."""
+  return jnp.minimum(anchor_pos_BxN[..., None] + jnp.arange(1, block_size),
+                     tokens_BxS.shape[1] - 1)
+
+
+def target_pass(layer_ids: tuple[int, ...], target_cfg: ModelConfig, target_params: dict,
+                tokens_BxS: jax.Array, anchor_pos_BxN: jax.Array, block_size: int,
+                full_rows: bool) -> Teacher:
+  """The teacher from one forward of the frozen target over the committed sequences, read at
+  blocks anchored anywhere (committed prefixes only)."""
   b, s = tokens_BxS.shape
   positions_BxS = jnp.broadcast_to(jnp.arange(s), (b, s))
   out = forward(target_cfg, target_params, tokens_BxS, positions_BxS,
                 KVCache.create(target_cfg, b, s), layer_ids)
-  return TeacherPass(jax.lax.stop_gradient(out.hidden_BxTxFxD), jax.lax.stop_gradient(
-      jax.nn.log_softmax(out.logits_BxTxV.astype(jnp.float32), axis=-1)))
+  logprobs_BxSxV = jax.nn.log_softmax(out.logits_BxTxV.astype(jnp.float32), axis=-1)
+  label_pos_BxNxK1 = label_positions(tokens_BxS, anchor_pos_BxN, block_size)
+  # Logits row t predicts the token at t + 1.
+  rows_BxNxK1xV = jnp.take_along_axis(logprobs_BxSxV, (label_pos_BxNxK1 - 1).reshape(b, -1, 1),
+                                      axis=1).reshape(*label_pos_BxNxK1.shape, -1)
+  labels_BxNxK1 = jnp.take_along_axis(tokens_BxS, label_pos_BxNxK1.reshape(b, -1), axis=1
+                                      ).reshape(label_pos_BxNxK1.shape)
+  response_logprob_BxNxK1 = jnp.take_along_axis(rows_BxNxK1xV, labels_BxNxK1[..., None],
+                                                axis=-1)[..., 0]
+  return jax.lax.stop_gradient(Teacher(out.hidden_BxTxFxD, response_logprob_BxNxK1,
+                                       rows_BxNxK1xV if full_rows else None))
 
 
 def dflash_logprobs(cfg: dflash.DFlashConfig, drafter_params: dict, target_cfg: ModelConfig,
@@ -84,30 +118,24 @@ def _restricted(logprobs_xV: jax.Array, d2t_Vd: jax.Array) -> jax.Array:
 
 
 def loss_fn(trainable_params: dict, drafter, d2t_Vd: jax.Array | None, target_cfg: ModelConfig,
-            target_params: dict, tokens_BxS: jax.Array, plan: AnchorPlan, teacher: TeacherPass,
-            options: opd_losses.LossOptions,
-            verify_logprobs_BxNxK1xV: jax.Array | None = None) -> tuple[jax.Array, dict]:
+            target_params: dict, tokens_BxS: jax.Array, plan: AnchorPlan, teacher: Teacher,
+            options: opd_losses.LossOptions) -> tuple[jax.Array, dict]:
   """The Draft-OPD loss of one rollout batch, and diagnostics. `trainable_params` are the DFlash
   weights, or the EAGLE-3 "model" weights (with `d2t_Vd` fixed). The full-vocabulary estimator
-  on the rejected stream needs the rollout's `verify_logprobs_BxNxK1xV`."""
-  b, s = tokens_BxS.shape
-  k = drafter.block_size
-  full = options.estimator == "full"
-  label_pos_BxNxK1 = jnp.minimum(plan.anchor_pos_BxN[..., None] + jnp.arange(1, k), s - 1)
-  flat = lambda x: x.reshape(b, -1)
-  labels_BxNxK1 = jnp.take_along_axis(tokens_BxS, flat(label_pos_BxNxK1), axis=1
+  needs the teacher's rows."""
+  b, _ = tokens_BxS.shape
+  label_pos_BxNxK1 = label_positions(tokens_BxS, plan.anchor_pos_BxN, drafter.block_size)
+  labels_BxNxK1 = jnp.take_along_axis(tokens_BxS, label_pos_BxNxK1.reshape(b, -1), axis=1
                                       ).reshape(label_pos_BxNxK1.shape)
-  teacher_rows_BxNxK1xV = jnp.take_along_axis(
-      teacher.logprobs_BxSxV, flat(label_pos_BxNxK1 - 1)[..., None], axis=1
-  ).reshape(*label_pos_BxNxK1.shape, -1)
-  teacher_label_logprob = jnp.take_along_axis(teacher_rows_BxNxK1xV, labels_BxNxK1[..., None],
-                                              axis=-1)[..., 0]
+  rows_BxNxK1xV = teacher.rows_BxNxK1xV
+  if options.estimator == "full" and rows_BxNxK1xV is None:
+    raise ValueError("the full-vocabulary estimator needs the teacher's rows: record the verify "
+                     "passes' log-probs in the rollout")
   if isinstance(drafter, DFlashDrafter):
     student = dflash_logprobs(drafter.cfg, trainable_params, target_cfg, target_params,
                               tokens_BxS, teacher.features_BxSxFxD, plan)
     response_ids, in_vocab = labels_BxNxK1, jnp.ones_like(labels_BxNxK1, bool)
     rejected_ids = plan.proposals_BxNxK1
-    restrict = lambda rows: rows
   elif isinstance(drafter, Eagle3Drafter):
     student = eagle3_logprobs(drafter.cfg, {"model": trainable_params, "d2t": d2t_Vd}, target_cfg,
                               target_params, tokens_BxS, teacher.features_BxSxFxD, plan)
@@ -116,13 +144,11 @@ def loss_fn(trainable_params: dict, drafter, d2t_Vd: jax.Array | None, target_cf
     response_ids = jnp.maximum(t2d_V[labels_BxNxK1], 0)
     in_vocab = t2d_V[labels_BxNxK1] >= 0
     rejected_ids = jnp.maximum(t2d_V[plan.proposals_BxNxK1], 0)  # proposals are in the vocab
-    restrict = lambda rows: _restricted(rows, d2t_Vd)
+    if rows_BxNxK1xV is not None:
+      rows_BxNxK1xV = _restricted(rows_BxNxK1xV, d2t_Vd)
   else:
     raise ValueError(f"Draft-OPD replays DFlash and EAGLE-3 drafters, not {type(drafter).__name__}")
   return opd_losses.two_stream_loss(
       student, plan, options, response_ids_BxNxK1=response_ids, response_valid_BxNxK1=in_vocab,
-      response_teacher_logprob_BxNxK1=teacher_label_logprob,
-      response_teacher_BxNxK1xV=restrict(teacher_rows_BxNxK1xV) if full else None,
-      rejected_ids_BxNxK1=rejected_ids,
-      rejected_teacher_BxNxK1xV=(restrict(verify_logprobs_BxNxK1xV)
-                                 if full and verify_logprobs_BxNxK1xV is not None else None))
+      response_teacher_logprob_BxNxK1=teacher.response_logprob_BxNxK1,
+      rejected_ids_BxNxK1=rejected_ids, teacher_BxNxK1xV=rows_BxNxK1xV)

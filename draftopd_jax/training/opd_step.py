@@ -1,8 +1,8 @@
 """One Draft-OPD update as a single jitted function of (state, target, prompts):
 
-rollout (the engine's prefill + `while_loop` with the current drafter) -> anchor plan from the
-trace -> teacher pass of the frozen target over the committed sequences -> replay of all planned
-blocks with gradients -> two-stream loss -> AdamW update. With `rollouts_per_update` R > 1 the
+rollout (the engine's prefill + `while_loop` with the current drafter, recording the target's
+features and log-probs: the teacher) -> anchor plan from the trace -> replay of all planned blocks
+with gradients -> two-stream loss -> AdamW update. With `rollouts_per_update` R > 1 the
 prompt batch is split into R rollout batches whose gradients are averaged into one update; all
 of them are drafted with the weights the update starts from (policy lag 0 updates).
 """
@@ -43,13 +43,14 @@ class RolloutOptions:
 
 
 def run_rollout(drafter: DFlashDrafter | Eagle3Drafter, drafter_params, target_cfg, target_params,
-                prompt_BxP, prompt_mask_BxP, rng, options: RolloutOptions,
-                record_verify_logprobs: bool) -> engine.DecodeState:
+                prompt_BxP, prompt_mask_BxP, rng, options: RolloutOptions, *,
+                record_verify_logprobs: bool = False, record_features: bool = False
+                ) -> engine.DecodeState:
   statics = dict(max_new_tokens=options.max_new_tokens, sampling=options.sampling,
                  eos_ids=options.eos_ids)
   state = engine.prefill(target_cfg, target_params, drafter, drafter_params, prompt_BxP,
                          prompt_mask_BxP, rng, record_verify_logprobs=record_verify_logprobs,
-                         **statics)
+                         record_features=record_features, **statics)
   return engine.decode(target_cfg, target_params, drafter, drafter_params, state,
                        jnp.int32(options.max_new_tokens), **statics)
 
@@ -80,28 +81,31 @@ def rollout_loss(trainable_params, rng, target_params, prompt_BxP, prompt_mask_B
                  ) -> tuple[jax.Array, dict]:
   """Rolls out with the drafter (no gradient), then the replayed loss (with gradient)."""
   target_params = jax.lax.stop_gradient(target_params)  # frozen, embedding and LM head included
-  cfg = drafter.cfg
   rollout_key, plan_key = jax.random.split(rng)
-  full_rejected = loss.estimator == "full" and rollout.rejected_stream
+  full = loss.estimator == "full"
+  at_verify_steps = rollout.anchors == "error"
   decoded = run_rollout(drafter, full_params(drafter, jax.lax.stop_gradient(trainable_params),
                                              d2t_Vd),
                         target_cfg, target_params, prompt_BxP, prompt_mask_BxP, rollout_key,
-                        rollout, full_rejected)
+                        rollout, record_verify_logprobs=full, record_features=at_verify_steps)
   trace = decoded.trace
-  plan = anchor_plan.from_trace(trace, cfg.block_size, rollout.include_correction)
+  plan = anchor_plan.from_trace(trace, drafter.block_size, rollout.include_correction)
   stats = rollout_metrics(trace, plan)
   if not rollout.rejected_stream:
     plan = anchor_plan.without_rejected(plan)
-  verify_logprobs = trace.verify_logprobs_BxNxK1xV
-  if rollout.anchors == "random":
+  if at_verify_steps:
+    teacher = opd_replay.from_rollout(decoded)
+  else:  # random anchors are not verify steps: one more target pass gives their teacher
     plan = anchor_plan.random_anchors(plan, plan_key, decoded.prompt_lens_B, decoded.lengths_B)
-    if verify_logprobs is not None:  # the rejected stream sits in the second half of the blocks
-      verify_logprobs = jnp.concatenate([verify_logprobs, verify_logprobs], axis=1)
-  teacher = opd_replay.teacher_pass(drafter.layer_ids, target_cfg, target_params,
-                                    decoded.tokens_BxS)
+    teacher = opd_replay.target_pass(drafter.layer_ids, target_cfg, target_params,
+                                     decoded.tokens_BxS, plan.anchor_pos_BxN, drafter.block_size,
+                                     full)
+    if full:  # the rejected stream, in the second half of the blocks, keeps the verify rows
+      n = trace.anchor_pos_BxN.shape[1]
+      teacher = teacher.replace(rows_BxNxK1xV=jnp.concatenate(
+          [teacher.rows_BxNxK1xV[:, :n], trace.verify_logprobs_BxNxK1xV], axis=1))
   value, metrics = opd_replay.loss_fn(trainable_params, drafter, d2t_Vd, target_cfg,
-                                      target_params, decoded.tokens_BxS, plan, teacher, loss,
-                                      verify_logprobs)
+                                      target_params, decoded.tokens_BxS, plan, teacher, loss)
   return value, {"loss": value, **metrics, **stats}
 
 
