@@ -12,10 +12,16 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from draftopd_jax.errors import UserError
+from draftopd_jax.training import preemption
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Job config file (configs/*.py).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs (optional for generate).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", "", "host:port of process 0 in a multi-process run (launch/*.sh set "
+    "it; SLURM and TPU pods are detected without it).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's index in the run.")
 flags.mark_flag_as_required("config")
 
 
@@ -68,6 +74,12 @@ def main(argv: list[str]) -> None:
   logging.set_verbosity(logging.WARNING)  # keep library INFO chatter off stderr
   config = _CONFIG.value
   try:
+    from draftopd_jax.parallel import distributed
+
+    try:
+      distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    except ValueError as e:
+      raise UserError(str(e)) from None
     if config.get("mode") not in MODES:
       raise UserError(f"config.mode={config.get('mode')!r} is not a mode; choose one of "
                       f"{', '.join(MODES)}")
@@ -75,6 +87,9 @@ def main(argv: list[str]) -> None:
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except preemption.Preempted as e:
+    print(f"preempted: {e}", file=sys.stderr)
+    sys.exit(preemption.EXIT_CODE)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

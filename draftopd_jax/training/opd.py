@@ -26,6 +26,7 @@ from draftopd_jax.io.drafter_checkpoint import load_drafter, save_drafter
 from draftopd_jax.training import flops, opd_step, plots, trainer
 from draftopd_jax.training.opd_losses import LossOptions
 from draftopd_jax.training.checkpoints import Checkpointer
+from draftopd_jax.training.preemption import Preempted, PreemptionWatch
 from draftopd_jax.training.heldout import HeldoutTau
 from draftopd_jax.training.metric_writer import MetricWriter
 from draftopd_jax.training.sft import run_sft
@@ -129,7 +130,8 @@ def run_opd(config, workdir: str | None) -> dict:
     used_flops = max((rec.get("train_flops", 0.0) for rec in map(
         json.loads, (out / "metrics.jsonl").open())), default=0.0)
   print("held-out tau before: " + _format(before))
-  with tqdm(total=t.steps, initial=int(state.step), desc="opd", unit="step") as bar:
+  with (PreemptionWatch() as preemption,
+        tqdm(total=t.steps, initial=int(state.step), desc="opd", unit="step") as bar):
     while int(state.step) < t.steps:
       step = int(state.step)
       rows = [pool[order(p // len(pool))[p % len(pool)]] for p in range(position, position + batch)]
@@ -158,6 +160,10 @@ def run_opd(config, workdir: str | None) -> dict:
         bar.write(f"step {int(state.step)}: held-out tau " + _format(evaluate(int(state.step))))
       if int(state.step) % config.checkpoint_every == 0 or int(state.step) == t.steps:
         checkpointer.save(state, position)
+      if preemption.requested:
+        checkpointer.save(state, position)
+        raise Preempted(f"stopped by SIGTERM after step {int(state.step)}; checkpoint saved in "
+                        f"{out / 'checkpoints'}: run the same command again to resume")
   after = evaluate(int(state.step))
   writer.close()
   checkpointer.close()

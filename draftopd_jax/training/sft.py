@@ -28,6 +28,7 @@ from draftopd_jax.io.drafter_checkpoint import load_drafter, save_drafter
 from draftopd_jax.models import dflash, eagle3
 from draftopd_jax.training import data, flops, trainer
 from draftopd_jax.training.checkpoints import Checkpointer
+from draftopd_jax.training.preemption import Preempted, PreemptionWatch
 from draftopd_jax.training.heldout import HeldoutTau
 from draftopd_jax.training.metric_writer import MetricWriter
 
@@ -139,7 +140,8 @@ def run_sft(config, workdir: str | None) -> dict:
   writer = MetricWriter(out, tensorboard=config.tensorboard)
   best_file = out / "best.json"  # survives restarts, so a resumed run keeps the true best
   best = json.loads(best_file.read_text())["heldout_tau"] if best_file.is_file() else -1.0
-  with tqdm(total=t.steps, initial=int(state.step), desc="sft", unit="step") as bar:
+  with (PreemptionWatch() as preemption,
+        tqdm(total=t.steps, initial=int(state.step), desc="sft", unit="step") as bar):
     while int(state.step) < t.steps:
       step = int(state.step)
       if step % config.eval_every == 0:
@@ -175,6 +177,10 @@ def run_sft(config, workdir: str | None) -> dict:
       bar.update(1)
       if int(state.step) % config.checkpoint_every == 0 or int(state.step) == t.steps:
         checkpointer.save(state, position)
+      if preemption.requested:
+        checkpointer.save(state, position)
+        raise Preempted(f"stopped by SIGTERM after step {int(state.step)}; checkpoint saved in "
+                        f"{out / 'checkpoints'}: run the same command again to resume")
   taus = heldout_tau(drafter, full_params(state.params), target_params)
   tau = taus["heldout_tau"]
   writer.write(int(state.step), {**taus, "train_flops": int(state.step) * flops_per_step})

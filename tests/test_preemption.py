@@ -1,0 +1,117 @@
+"""Preemption and crashes on the real target's quick SFT job: SIGTERM checkpoints and exits with
+the requeue code, kill -9 and a damaged latest checkpoint resume to the uninterrupted result."""
+
+import json
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from draftopd_jax.io.drafter_checkpoint import load_drafter
+from draftopd_jax.training import preemption
+
+pytestmark = pytest.mark.slow
+
+STEPS = 12  # long enough that a signal sent after the first step lands mid-run
+
+
+def command(workdir: pathlib.Path) -> list[str]:
+  return [sys.executable, "-m", "draftopd_jax.main", "--config=configs/sft.py:quick",
+          f"--workdir={workdir}", f"--config.train.steps={STEPS}", "--config.eval_every=100"]
+
+
+def run(workdir: pathlib.Path) -> subprocess.CompletedProcess:
+  return subprocess.run(command(workdir), capture_output=True, text=True, timeout=900)
+
+
+def start(workdir: pathlib.Path, data: pathlib.Path) -> subprocess.Popen:
+  shutil.copytree(data, workdir / "data")  # the regenerated responses, as the reference's
+  return subprocess.Popen(command(workdir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float = 600) -> None:
+  deadline = time.monotonic() + timeout
+  while not condition():
+    assert process.poll() is None, f"the job ended early: {process.communicate()[1][-2000:]}"
+    assert time.monotonic() < deadline, "timed out"
+    time.sleep(0.05)
+
+
+def logged_steps(workdir: pathlib.Path) -> list[int]:
+  path = workdir / "metrics.jsonl"
+  if not path.is_file():
+    return []
+  return [r["step"] for r in map(json.loads, path.read_text().splitlines()) if "loss" in r]
+
+
+def saved_steps(workdir: pathlib.Path) -> list[int]:
+  directory = workdir / "checkpoints"
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) \
+      if directory.is_dir() else []
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, smollm) -> tuple[pathlib.Path, dict]:
+  """An uninterrupted run: its workdir and final drafter params."""
+  workdir = tmp_path_factory.mktemp("reference")
+  result = run(workdir)
+  assert result.returncode == 0, result.stderr[-2000:]
+  return workdir, load_drafter(workdir / "drafter", smollm.cfg)[1]
+
+
+def assert_same_drafter(workdir: pathlib.Path, expected: dict, model_cfg) -> None:
+  params = load_drafter(workdir / "drafter", model_cfg)[1]
+  jax.tree.map(np.testing.assert_array_equal, params, expected)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_for_requeue(tmp_path, reference, smollm):
+  ref_dir, ref_params = reference
+  job = start(tmp_path, ref_dir / "data")
+  wait_for(lambda: logged_steps(tmp_path), job)
+  job.send_signal(signal.SIGTERM)
+  _, stderr = job.communicate(timeout=600)
+  assert job.returncode == preemption.EXIT_CODE, stderr[-2000:]
+  line = stderr.strip().splitlines()[-1]
+  assert line.startswith("preempted: stopped by SIGTERM after step ")
+  stopped_at = int(line.split("after step ")[1].split(";")[0])
+  assert 0 < stopped_at < STEPS and saved_steps(tmp_path)[-1] == stopped_at
+  resumed = run(tmp_path)
+  assert resumed.returncode == 0 and f"resumed from step {stopped_at}" in resumed.stdout
+  assert_same_drafter(tmp_path, ref_params, smollm.cfg)
+
+
+def test_kill_9_resumes_to_the_uninterrupted_result(tmp_path, reference, smollm):
+  ref_dir, ref_params = reference
+  job = start(tmp_path, ref_dir / "data")
+  wait_for(lambda: saved_steps(tmp_path) and saved_steps(tmp_path)[-1] >= 4, job)
+  job.kill()
+  job.communicate()
+  resumed = run(tmp_path)
+  assert resumed.returncode == 0 and "resumed from step" in resumed.stdout, resumed.stderr[-2000:]
+  assert_same_drafter(tmp_path, ref_params, smollm.cfg)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "corrupt"])
+def test_a_damaged_latest_checkpoint_is_skipped(tmp_path, reference, smollm, damage):
+  ref_dir, ref_params = reference
+  shutil.copytree(ref_dir / "data", tmp_path / "data")
+  shutil.copytree(ref_dir / "checkpoints", tmp_path / "checkpoints")
+  latest, previous = saved_steps(tmp_path)[-1], saved_steps(tmp_path)[-2]
+  files = [p for p in (tmp_path / "checkpoints" / str(latest) / "state").rglob("*")
+           if p.is_file() and p.stat().st_size > 0]
+  for path in files:
+    blob = path.read_bytes()
+    path.write_bytes(blob[:len(blob) // 2] if damage == "truncate"
+                     else bytes(b ^ 0x5A for b in blob))
+  resumed = run(tmp_path)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert f"warning: checkpoint {latest} " in resumed.stderr
+  assert f"resumed from step {previous}" in resumed.stdout
+  assert_same_drafter(tmp_path, ref_params, smollm.cfg)
