@@ -112,3 +112,22 @@ def batch_rows_multiple(mesh: Mesh, rules: Rules) -> int:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
+
+
+def process_rows(mesh: Mesh, rules: Rules, global_rows: int) -> slice:
+  """The batch rows this process's devices hold under the batch sharding: in a multi-process run
+  each process reads and feeds only these (all of them in a single process)."""
+  index_map = batch_sharding(mesh, rules).addressable_devices_indices_map((global_rows,))
+  starts = [index[0].start or 0 for index in index_map.values()]
+  stops = [global_rows if index[0].stop is None else index[0].stop for index in index_map.values()]
+  rows = slice(min(starts), max(stops))
+  if sum(b - a for a, b in set(zip(starts, stops))) != rows.stop - rows.start:
+    raise ValueError(f"this process's batch rows are not contiguous on the mesh {mesh.shape}")
+  return rows
+
+
+def host_batch(mesh: Mesh, rules: Rules, local_rows: np.ndarray, global_rows: int) -> jax.Array:
+  """A global batch array from this process's rows (`process_rows` of the global batch)."""
+  global_shape = (global_rows, *np.shape(local_rows)[1:])
+  return jax.make_array_from_process_local_data(batch_sharding(mesh, rules), np.asarray(local_rows),
+                                                global_shape)

@@ -23,6 +23,7 @@ from draftopd_jax.decoding.sampling import SamplingConfig
 from draftopd_jax.errors import UserError
 from draftopd_jax.io import load_model
 from draftopd_jax.io.drafter_checkpoint import load_drafter, save_drafter
+from draftopd_jax.parallel import sharding
 from draftopd_jax.training import flops, opd_step, plots, trainer
 from draftopd_jax.training.opd_losses import LossOptions
 from draftopd_jax.training.checkpoints import Checkpointer
@@ -115,6 +116,7 @@ def run_opd(config, workdir: str | None) -> dict:
   seq_len = width + r.max_new_tokens + drafter.block_size
   blocks = r.max_new_tokens * (2 if r.anchors == "random" else 1)
   order = lambda epoch: np.random.default_rng([t.seed, epoch]).permutation(len(pool))
+  rows = sharding.process_rows(mesh, config.sharding_rules, batch)  # this process's prompts
   used_flops = 0.0
 
   def evaluate(step: int) -> dict:
@@ -134,10 +136,12 @@ def run_opd(config, workdir: str | None) -> dict:
         tqdm(total=t.steps, initial=int(state.step), desc="opd", unit="step") as bar):
     while int(state.step) < t.steps:
       step = int(state.step)
-      rows = [pool[order(p // len(pool))[p % len(pool)]] for p in range(position, position + batch)]
+      batch_prompts = [pool[order(p // len(pool))[p % len(pool)]]
+                       for p in range(position, position + batch)][rows]
       started = time.perf_counter()
-      state, metrics = train_step(state, target_params,
-                                  *fixed_width_batch(rows, width, model.tokenizer.pad_id))
+      state, metrics = train_step(state, target_params, *(
+          sharding.host_batch(mesh, config.sharding_rules, x, batch)
+          for x in fixed_width_batch(batch_prompts, width, model.tokenizer.pad_id)))
       metrics = jax.device_get(metrics)
       seconds = time.perf_counter() - started
       position += batch

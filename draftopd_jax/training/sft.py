@@ -26,6 +26,7 @@ from draftopd_jax.errors import UserError
 from draftopd_jax.io import LoadedModel, load_model
 from draftopd_jax.io.drafter_checkpoint import load_drafter, save_drafter
 from draftopd_jax.models import dflash, eagle3
+from draftopd_jax.parallel import sharding
 from draftopd_jax.training import data, flops, trainer
 from draftopd_jax.training.checkpoints import Checkpointer
 from draftopd_jax.training.preemption import Preempted, PreemptionWatch
@@ -134,8 +135,10 @@ def run_sft(config, workdir: str | None) -> dict:
                 flops.eagle3_train(drafter.cfg, model.cfg, t.batch_size, config.data.seq_len,
                                    t.ttt_steps))
   flops_per_step = sum(step_flops.values())
-  # The data stream: a fixed permutation per epoch, addressed by the position in the stream.
+  # The data stream: a fixed permutation per epoch, addressed by the position in the stream;
+  # each process batches only the rows its devices hold.
   order = lambda epoch: np.random.default_rng([t.seed, epoch]).permutation(len(examples))
+  rows = sharding.process_rows(mesh, config.sharding_rules, t.batch_size)
 
   writer = MetricWriter(out, tensorboard=config.tensorboard)
   best_file = out / "best.json"  # survives restarts, so a resumed run keeps the true best
@@ -155,11 +158,12 @@ def run_sft(config, workdir: str | None) -> dict:
           save_drafter(out / "best_drafter", drafter, full_params(state.params), model.cfg)
           best_file.write_text(json.dumps({"step": step, "heldout_tau": tau}))
       indices = [order(p // len(examples))[p % len(examples)]
-                 for p in range(position, position + t.batch_size)]
-      tokens, mask = data.to_batch([examples[i] for i in indices], config.data.seq_len,
-                                   model.tokenizer.pad_id)
+                 for p in range(position, position + t.batch_size)][rows]
+      batch = data.to_batch([examples[i] for i in indices], config.data.seq_len,
+                            model.tokenizer.pad_id)
       started = time.perf_counter()
-      state, metrics = train_step(state, target_params, tokens, mask)
+      state, metrics = train_step(state, target_params, *(
+          sharding.host_batch(mesh, config.sharding_rules, x, t.batch_size) for x in batch))
       loss = float(metrics["loss"])
       position += t.batch_size
       if not np.isfinite(loss):
