@@ -39,6 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       num_layers=2,  # DFlash layers
       mask_token_id=0,  # DFlash MASK input; SmolLM2's <|endoftext|> never appears in chats
       draft_vocab_size=8192,  # EAGLE-3
+      target_layer_ids=(),  # target layers whose outputs feed the drafter; () = the default
       seed=0,
   ))
   if variant == "quick":

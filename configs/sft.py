@@ -42,6 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       num_layers=2,  # DFlash
       mask_token_id=0,  # DFlash MASK: SmolLM2's <|endoftext|>, never inside chats
       draft_vocab_size=8192,  # EAGLE-3: the most frequent tokens of the regenerated responses
+      target_layer_ids=(),  # target layers whose outputs feed the drafter; () = the default
       init_from="",  # a drafter checkpoint to start from (weights only)
   ))
   c.data = ml_collections.ConfigDict(dict(

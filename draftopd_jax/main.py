@@ -83,6 +83,9 @@ def main(argv: list[str]) -> None:
     if config.get("mode") not in MODES:
       raise UserError(f"config.mode={config.get('mode')!r} is not a mode; choose one of "
                       f"{', '.join(MODES)}")
+    from draftopd_jax import config_check
+
+    config_check.check(config)
     MODES[config.mode](config, _WORKDIR.value)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
@@ -99,7 +102,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
     _CONFIG.value.get("mode")  # a config file that failed to load raises here
     return remaining
   except (KeyError, AttributeError) as e:  # ml_collections: override of a key the config lacks
-    message = f"unknown config key {str(e).strip(chr(34))} in a --config.<key> override"
+    text = str(e.args[0] if e.args else "").replace("\\n", "\n").replace("\\'", "'")
+    lines = [line.strip(" '\"") for line in text.splitlines() if line.strip(" '\"")]
+    hint = f" ({lines[1]})" if len(lines) > 1 else ""
+    message = f"unknown config key {lines[0] if lines else text} in a --config.<key> override{hint}"
   except (flags.Error, ValueError, TypeError, OSError, SyntaxError) as e:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     message = lines[-1] if lines else type(e).__name__

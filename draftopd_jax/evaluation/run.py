@@ -37,15 +37,21 @@ def build_drafter(c, model: LoadedModel):
   if c.kind not in DRAFTER_KINDS:
     raise UserError(f"config.drafter.kind={c.kind!r}; choose one of {', '.join(DRAFTER_KINDS)}")
   if c.checkpoint:
-    return load_drafter(c.checkpoint, model.cfg)
+    return load_drafter(c.checkpoint, model.cfg, model.tokenizer)
   if c.kind == "oracle":
     return Oracle(block_size=c.block_size), None
-  if c.kind == "dflash":
-    cfg = dflash.DFlashConfig.for_target(model.cfg, num_layers=c.num_layers,
-                                         block_size=c.block_size, mask_token_id=c.mask_token_id)
-    return DFlashDrafter(cfg), dflash.init_params(cfg, c.seed)
-  cfg = eagle3.Eagle3Config.for_target(model.cfg, block_size=c.block_size,
-                                       draft_vocab_size=c.draft_vocab_size)
+  layer_ids = tuple(c.target_layer_ids) or None
+  try:
+    if c.kind == "dflash":
+      cfg = dflash.DFlashConfig.for_target(model.cfg, num_layers=c.num_layers,
+                                           block_size=c.block_size, mask_token_id=c.mask_token_id,
+                                           target_layer_ids=layer_ids)
+      return DFlashDrafter(cfg), dflash.init_params(cfg, c.seed)
+    cfg = eagle3.Eagle3Config.for_target(model.cfg, block_size=c.block_size,
+                                         draft_vocab_size=c.draft_vocab_size,
+                                         target_layer_ids=layer_ids)
+  except ValueError as e:
+    raise UserError(f"config.drafter: {e}") from None
   # The draft vocabulary: the most frequent target tokens of ShareGPT training prompts.
   counts = np.zeros(model.cfg.vocab_size, np.int64)
   for ids in encode_prompts(model, sharegpt_prompts("train", 500), chat_template=False):

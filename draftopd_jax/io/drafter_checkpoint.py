@@ -1,7 +1,8 @@
 """Drafter checkpoints: weights through orbax, the architecture and its target in JSON.
 
-A drafter only makes sense for the target it was built for (hidden size, layer ids, vocabulary),
-so the target's fingerprint is stored and checked on load.
+A drafter only makes sense for the target it was built for (hidden size, layer ids, vocabulary)
+and its tokenizer (the same ids must mean the same tokens), so both fingerprints are stored and
+checked on load.
 """
 
 import json
@@ -13,6 +14,7 @@ import orbax.checkpoint as ocp
 
 from draftopd_jax.decoding.drafters import DFlashDrafter, Eagle3Drafter
 from draftopd_jax.errors import UserError
+from draftopd_jax.io.tokenizer import Tokenizer
 from draftopd_jax.models import ModelConfig, dflash, eagle3
 
 KINDS = {"dflash": (DFlashDrafter, dflash.DFlashConfig), "eagle3": (Eagle3Drafter, eagle3.Eagle3Config)}
@@ -28,19 +30,22 @@ def kind_of(drafter) -> str:
   return next(k for k, (cls, _) in KINDS.items() if isinstance(drafter, cls))
 
 
-def save_drafter(directory: str | pathlib.Path, drafter, params, target_cfg: ModelConfig) -> None:
+def save_drafter(directory: str | pathlib.Path, drafter, params, target_cfg: ModelConfig,
+                 tokenizer: Tokenizer | None = None) -> None:
   directory = pathlib.Path(directory).absolute()
   directory.mkdir(parents=True, exist_ok=True)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(directory / "params", params, force=True)
   checkpointer.wait_until_finished()
   meta = {"kind": kind_of(drafter), "config": drafter.cfg.to_dict(),
-          "target": target_fingerprint(target_cfg)}
+          "target": target_fingerprint(target_cfg),
+          "tokenizer": tokenizer.fingerprint if tokenizer else None}
   (directory / _META).write_text(json.dumps(meta, indent=1))
 
 
-def load_drafter(directory: str | pathlib.Path, target_cfg: ModelConfig):
-  """Returns (drafter, params); refuses a checkpoint made for another target."""
+def load_drafter(directory: str | pathlib.Path, target_cfg: ModelConfig,
+                 tokenizer: Tokenizer | None = None):
+  """Returns (drafter, params); refuses a checkpoint made for another target or tokenizer."""
   directory = pathlib.Path(directory).absolute()
   if not (directory / _META).is_file():
     raise UserError(f"{directory} is not a drafter checkpoint (no {_META})")
@@ -48,6 +53,11 @@ def load_drafter(directory: str | pathlib.Path, target_cfg: ModelConfig):
   if meta["target"] != target_fingerprint(target_cfg):
     raise UserError(f"drafter {directory} was made for target {meta['target']}, not for "
                     f"{target_fingerprint(target_cfg)}; pass the matching config.model")
+  saved_tokenizer = meta.get("tokenizer")
+  if tokenizer is not None and saved_tokenizer and saved_tokenizer != tokenizer.fingerprint:
+    raise UserError(f"drafter {directory} was trained with another tokenizer (vocabulary "
+                    f"{saved_tokenizer}, the target's is {tokenizer.fingerprint}); pass the "
+                    "matching config.model")
   drafter_cls, config_cls = KINDS[meta["kind"]]
   drafter = drafter_cls(config_cls.from_dict(meta["config"]))
   restored = ocp.StandardCheckpointer().restore(directory / "params")

@@ -5,6 +5,8 @@ by `tokenizer.ggml.pre` and must be rebuilt to match the original tokenizer (lla
 table of the regexes behind each name).
 """
 
+import functools
+import hashlib
 import json
 import pathlib
 from collections.abc import Sequence
@@ -69,6 +71,12 @@ class Tokenizer:
   @property
   def vocab_size(self) -> int:
     return self.backend.get_vocab_size()
+
+  @functools.cached_property
+  def fingerprint(self) -> str:
+    """A short hash of the vocabulary (token strings and ids): equal vocabularies, equal hash."""
+    vocab = sorted(self.backend.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])
+    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
 
   def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
     ids = self.backend.encode(text, add_special_tokens=False).ids

@@ -77,3 +77,11 @@ def freeze_rope_scaling(scaling: dict[str, Any] | None) -> tuple[tuple[str, Any]
   scaling["rope_type"] = scaling.pop("type", None) or scaling["rope_type"]
   scaling.pop("rope_theta", None)  # transformers 5 keeps theta in the same dict; we keep it apart.
   return tuple(sorted((k, v) for k, v in scaling.items() if v is not None))
+
+
+def check_layer_ids(layer_ids: tuple[int, ...], num_target_layers: int) -> None:
+  """Target layer ids name decoder layer outputs: 0..L-1, each at most once."""
+  if not layer_ids or len(set(layer_ids)) != len(layer_ids) or not all(
+      0 <= i < num_target_layers for i in layer_ids):
+    raise ValueError(f"target_layer_ids {list(layer_ids)} must be distinct layers of the "
+                     f"{num_target_layers}-layer target (0..{num_target_layers - 1})")

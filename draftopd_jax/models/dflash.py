@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from draftopd_jax.models import transformer
-from draftopd_jax.models.config import ModelConfig
+from draftopd_jax.models.config import ModelConfig, check_layer_ids
 from draftopd_jax.models.layers import SwiGLU, RMSNorm, linear
 from draftopd_jax.models.rope import apply_rope, inverse_frequencies
 
@@ -49,6 +49,10 @@ class DFlashConfig:
     if block_size < 2:
       raise ValueError(f"block_size must be >= 2 (anchor + proposals), got {block_size}")
     ids = tuple(target_layer_ids or default_layer_ids(target.num_layers, num_layers))
+    check_layer_ids(ids, target.num_layers)
+    if not 0 <= mask_token_id < target.vocab_size:
+      raise ValueError(f"mask_token_id {mask_token_id} is not a token id of the target "
+                       f"(vocabulary {target.vocab_size})")
     layer = target.replace(family="qwen3", qk_norm=True, qkv_bias=False, o_bias=False,
                            num_layers=num_layers)
     return cls(num_layers=num_layers, block_size=block_size, target_layer_ids=ids,

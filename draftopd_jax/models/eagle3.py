@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from draftopd_jax.models import transformer
-from draftopd_jax.models.config import ModelConfig
+from draftopd_jax.models.config import ModelConfig, check_layer_ids
 from draftopd_jax.models.layers import Attention, RMSNorm, SwiGLU, linear
 from draftopd_jax.models.rope import apply_rope, inverse_frequencies
 
@@ -41,9 +41,10 @@ class Eagle3Config:
     if not 0 < draft_vocab_size <= target.vocab_size:
       raise ValueError(f"draft_vocab_size must be in [1, {target.vocab_size}], got {draft_vocab_size}")
     layer = target.replace(num_layers=1, qkv_bias=False, o_bias=False, qk_norm=False)
-    return cls(block_size=block_size,
-               target_layer_ids=tuple(target_layer_ids or default_layer_ids(target.num_layers)),
-               draft_vocab_size=draft_vocab_size, layer=layer)
+    ids = tuple(target_layer_ids or default_layer_ids(target.num_layers))
+    check_layer_ids(ids, target.num_layers)
+    return cls(block_size=block_size, target_layer_ids=ids, draft_vocab_size=draft_vocab_size,
+               layer=layer)
 
   def to_dict(self) -> dict:
     return {"block_size": self.block_size, "target_layer_ids": list(self.target_layer_ids),

@@ -16,12 +16,13 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from draftopd_jax import config_check
 from draftopd_jax.data import prompts
 from draftopd_jax.decoding.completions import encode_prompts
 from draftopd_jax.decoding.drafters import DFlashDrafter, Eagle3Drafter
 from draftopd_jax.decoding.sampling import SamplingConfig
 from draftopd_jax.errors import UserError
-from draftopd_jax.io import load_model
+from draftopd_jax.io import LoadedModel, load_model
 from draftopd_jax.io.drafter_checkpoint import load_drafter, save_drafter
 from draftopd_jax.parallel import sharding
 from draftopd_jax.training import flops, opd_step, plots, trainer
@@ -32,7 +33,7 @@ from draftopd_jax.training.heldout import HeldoutTau
 from draftopd_jax.training.metric_writer import MetricWriter
 from draftopd_jax.training.sft import run_sft
 
-def starting_drafter(config, out: pathlib.Path, target_cfg):
+def starting_drafter(config, out: pathlib.Path, model: LoadedModel):
   """The drafter to post-train: `init_from`, else the result of the SFT warm-up job (run, or
   resumed, in WORKDIR/sft_warmup)."""
   path = config.init_from
@@ -42,7 +43,7 @@ def starting_drafter(config, out: pathlib.Path, target_cfg):
       print(f"no SFT drafter given (init_from): SFT warm-up in {warmup_dir}")
       run_sft(config.warmup, str(warmup_dir))
     path = warmup_dir / "drafter"
-  drafter, params = load_drafter(path, target_cfg)
+  drafter, params = load_drafter(path, model.cfg, model.tokenizer)
   if not isinstance(drafter, (DFlashDrafter, Eagle3Drafter)):
     raise UserError(f"{path} holds a {type(drafter).__name__}; Draft-OPD trains DFlash and "
                     "EAGLE-3 drafters")
@@ -84,15 +85,40 @@ def options(config, eos_ids) -> tuple[opd_step.RolloutOptions, LossOptions]:
     raise UserError(str(e)) from None
 
 
+def check_step_memory(config, vocab_size: int) -> None:
+  """The update's largest activations: the replay's float32 logits, log-probs and gradients over
+  one block per rollout token, the recorded verify rows (full estimator), the second target pass
+  (random anchors)."""
+  r = config.rollout
+  if config.init_from:
+    meta = pathlib.Path(config.init_from) / "drafter.json"
+    if not meta.is_file():
+      raise UserError(f"config.init_from={config.init_from} is not a drafter checkpoint (no "
+                      "drafter.json)")
+    k = json.loads(meta.read_text())["config"]["block_size"]
+  else:
+    k = config.warmup.drafter.block_size
+  blocks = r.batch_size * r.max_new_tokens * (2 if r.anchors == "random" else 1)
+  floats = 3 * blocks * k * vocab_size
+  if config.loss.estimator == "full":
+    floats += r.batch_size * r.max_new_tokens * (k - 1) * vocab_size
+  if r.anchors == "random":
+    floats += 2 * r.batch_size * (config.data.max_prompt_tokens + r.max_new_tokens) * vocab_size
+  config_check.check_memory(4.0 * floats, "a Draft-OPD update",
+                            "lower rollout.batch_size (rollouts_per_update keeps the batch) or "
+                            "rollout.max_new_tokens")
+
+
 def run_opd(config, workdir: str | None) -> dict:
   out = pathlib.Path(workdir or config.workdir)
-  out.mkdir(parents=True, exist_ok=True)
   r, t = config.rollout, config.train
   batch = r.batch_size * r.rollouts_per_update
   mesh = trainer.training_mesh(config.mesh, config.sharding_rules, r.batch_size)
   model = load_model(config.model, dtype=config.dtype)
   rollout_options, loss_options = options(config, model.tokenizer.eos_ids)
-  drafter, start_params = starting_drafter(config, out, model.cfg)
+  check_step_memory(config, model.cfg.vocab_size)
+  out.mkdir(parents=True, exist_ok=True)
+  drafter, start_params = starting_drafter(config, out, model)
   pool = prompt_pool(config, model)
   heldout_tau = HeldoutTau(model, tuple(config.heldout.datasets), config.heldout.num_prompts,
                            config.heldout.max_new_tokens, config.data.heldout_fraction)
@@ -172,7 +198,8 @@ def run_opd(config, workdir: str | None) -> dict:
   writer.close()
   checkpointer.close()
   save_drafter(out / "drafter", drafter,
-               jax.device_get(opd_step.full_params(drafter, state.params, d2t)), model.cfg)
+               jax.device_get(opd_step.full_params(drafter, state.params, d2t)), model.cfg,
+               model.tokenizer)
   plots.opd_curves(out / "metrics.jsonl", out)
   print("held-out tau before: " + _format(before))
   print("held-out tau after:  " + _format(after))

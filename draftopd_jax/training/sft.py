@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from draftopd_jax import config_check
 from draftopd_jax.data import prompts
 from draftopd_jax.decoding import engine
 from draftopd_jax.decoding.completions import encode_prompts, pad_batch
@@ -64,23 +65,36 @@ def regenerated_examples(config, model: LoadedModel, workdir: pathlib.Path) -> l
   return data.regenerate(prompts, path, generate_batch, d.regen_batch_size)
 
 
+def new_drafter_config(c, target_cfg) -> dflash.DFlashConfig | eagle3.Eagle3Config:
+  """The config of a new drafter of `c.kind` (`config.drafter`), checked against the target."""
+  if c.kind not in ("dflash", "eagle3"):
+    raise UserError(f"config.drafter.kind={c.kind!r}; choose dflash or eagle3")
+  layer_ids = tuple(c.target_layer_ids) or None
+  try:
+    if c.kind == "dflash":
+      return dflash.DFlashConfig.for_target(target_cfg, num_layers=c.num_layers,
+                                            block_size=c.block_size,
+                                            mask_token_id=c.mask_token_id,
+                                            target_layer_ids=layer_ids)
+    return eagle3.Eagle3Config.for_target(target_cfg, block_size=c.block_size,
+                                          draft_vocab_size=c.draft_vocab_size,
+                                          target_layer_ids=layer_ids)
+  except ValueError as e:
+    raise UserError(f"config.drafter: {e}") from None
+
+
 def make_drafter(config, model: LoadedModel, examples: list[data.Example]):
   """(drafter, params) to train: from `drafter.init_from`, or new of `drafter.kind`. A new
   EAGLE-3 drafter's vocabulary is the most frequent tokens of the training examples."""
   c = config.drafter
-  if c.kind not in ("dflash", "eagle3"):
-    raise UserError(f"config.drafter.kind={c.kind!r}; choose dflash or eagle3")
   if c.init_from:
-    drafter, params = load_drafter(c.init_from, model.cfg)
+    drafter, params = load_drafter(c.init_from, model.cfg, model.tokenizer)
     if not isinstance(drafter, DFlashDrafter if c.kind == "dflash" else Eagle3Drafter):
       raise UserError(f"{c.init_from} is not a {c.kind} drafter; set config.drafter.kind")
     return drafter, params
-  if c.kind == "dflash":
-    cfg = dflash.DFlashConfig.for_target(model.cfg, num_layers=c.num_layers,
-                                         block_size=c.block_size, mask_token_id=c.mask_token_id)
+  cfg = new_drafter_config(c, model.cfg)
+  if isinstance(cfg, dflash.DFlashConfig):
     return DFlashDrafter(cfg), dflash.init_params(cfg, config.train.seed)
-  cfg = eagle3.Eagle3Config.for_target(model.cfg, block_size=c.block_size,
-                                       draft_vocab_size=c.draft_vocab_size)
   counts = np.zeros(model.cfg.vocab_size, np.int64)
   for e in examples:
     counts += np.bincount(np.asarray(e.response_ids, np.int64), minlength=model.cfg.vocab_size)
@@ -104,16 +118,30 @@ def training_step(config, drafter, params, target_cfg, optimizer):
   return params["model"], step, lambda trainable: {"model": trainable, "d2t": d2t}
 
 
+def check_step_memory(config, vocab_size: int) -> None:
+  """The step's largest activations (float32 logits, log-probs and their gradients)."""
+  t, d, k = config.train, config.data, config.drafter.block_size
+  target_logits = 2 * t.batch_size * d.seq_len * vocab_size
+  drafter_logits = 3 * (t.batch_size * t.num_anchors * k * vocab_size if config.drafter.kind ==
+                        "dflash" else t.ttt_steps * t.batch_size * d.seq_len
+                        * config.drafter.draft_vocab_size)
+  config_check.check_memory(4.0 * (target_logits + drafter_logits), "an SFT step",
+                            "lower train.batch_size, data.seq_len or train.num_anchors")
+
+
 def run_sft(config, workdir: str | None) -> dict:
   if not workdir:
     raise UserError("sft writes checkpoints and metrics: pass --workdir=DIR")
   out = pathlib.Path(workdir)
-  out.mkdir(parents=True, exist_ok=True)
   t = config.train
   if t.loss not in ("ce", "kl"):
     raise UserError(f"train.loss={t.loss!r}; choose ce or kl")
   mesh = trainer.training_mesh(config.mesh, config.sharding_rules, t.batch_size)
   model = load_model(config.model, dtype=config.dtype)
+  check_step_memory(config, model.cfg.vocab_size)
+  if not config.drafter.init_from:
+    new_drafter_config(config.drafter, model.cfg)  # a bad drafter setting fails before the data
+  out.mkdir(parents=True, exist_ok=True)
   examples = regenerated_examples(config, model, out)
   drafter, params = make_drafter(config, model, examples)
   heldout_tau = HeldoutTau(model, tuple(config.heldout.datasets), config.heldout.num_prompts,
@@ -155,7 +183,8 @@ def run_sft(config, workdir: str | None) -> dict:
                                                              for k, v in taus.items()))
         if tau > best:
           best = tau
-          save_drafter(out / "best_drafter", drafter, full_params(state.params), model.cfg)
+          save_drafter(out / "best_drafter", drafter, full_params(state.params), model.cfg,
+                       model.tokenizer)
           best_file.write_text(json.dumps({"step": step, "heldout_tau": tau}))
       indices = [order(p // len(examples))[p % len(examples)]
                  for p in range(position, position + t.batch_size)][rows]
@@ -189,7 +218,8 @@ def run_sft(config, workdir: str | None) -> dict:
   tau = taus["heldout_tau"]
   writer.write(int(state.step), {**taus, "train_flops": int(state.step) * flops_per_step})
   writer.close()
-  save_drafter(out / "drafter", drafter, jax.device_get(full_params(state.params)), model.cfg)
+  save_drafter(out / "drafter", drafter, jax.device_get(full_params(state.params)), model.cfg,
+               model.tokenizer)
   checkpointer.close()
   print(f"done: step {int(state.step)}, held-out tau {tau:.3f} (best {max(best, tau):.3f}); "
         f"drafter saved to {out / 'drafter'}")

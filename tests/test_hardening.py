@@ -1,0 +1,138 @@
+"""Bad configs and inputs stop before any work: one `error:` line, exit 2, nothing written; a loss
+that turns NaN stops the job with the last good checkpoint intact."""
+
+import json
+import pathlib
+import runpy
+import shutil
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from draftopd_jax import config_check
+from draftopd_jax.decoding.drafters import DFlashDrafter
+from draftopd_jax.errors import UserError
+from draftopd_jax.io.drafter_checkpoint import save_drafter
+from draftopd_jax.models import dflash
+from test_cli import ROOT, assert_one_line_error, run_cli
+
+
+@pytest.mark.parametrize("mode", ["generate", "sft", "opd", "eval"])
+def test_every_variant_of_the_repository_configs_passes(mode):
+  module = runpy.run_path(str(ROOT / "configs" / f"{mode}.py"))
+  for variant in module["VARIANTS"]:
+    config_check.check(module["get_config"](variant))
+
+
+def sft_config(**train) -> ml_collections.ConfigDict:
+  config = runpy.run_path(str(ROOT / "configs" / "sft.py"))["get_config"]("quick")
+  config.train.update(train)
+  return config
+
+
+def test_unknown_keys_and_bad_values_are_refused():
+  config = sft_config()
+  config.train.stpes = 3  # a typo in a config file, which overrides cannot catch
+  with pytest.raises(UserError, match="unknown config key train.stpes for mode sft"):
+    config_check.check(config)
+  for key, value, words in (("steps", 0, "train.steps=0 must be at least 1"),
+                            ("batch_size", -2, "train.batch_size=-2")):
+    with pytest.raises(UserError, match=words):
+      config_check.check(sft_config(**{key: value}))
+
+
+def test_unknown_key_in_a_config_file(tmp_path):
+  config_file = tmp_path / "my_sft.py"
+  config_file.write_text(
+      "import runpy\n"
+      "def get_config():\n"
+      f"  c = runpy.run_path({str(ROOT / 'configs' / 'sft.py')!r})['get_config']('quick')\n"
+      "  c.train.stpes = 3\n"
+      "  return c\n")
+  workdir = tmp_path / "work"
+  assert_one_line_error(run_cli(f"--workdir={workdir}", config=str(config_file)),
+                        "unknown config key train.stpes")
+  assert not workdir.exists()
+
+
+def test_block_size_below_two(tmp_path):
+  workdir = tmp_path / "work"
+  assert_one_line_error(run_cli("--config.drafter.block_size=1", f"--workdir={workdir}",
+                                config="configs/sft.py:quick"), "block_size=1", "at least 2")
+  assert_one_line_error(run_cli("--config.warmup.drafter.block_size=0", f"--workdir={workdir}",
+                                config="configs/opd.py:quick"), "block_size=0")
+  assert not workdir.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override, words", [
+    ("--config.drafter.target_layer_ids=(1,30)", ("target_layer_ids [1, 30]", "0..29")),
+    ("--config.drafter.target_layer_ids=(4,4)", ("distinct",)),
+    ("--config.drafter.mask_token_id=60000", ("mask_token_id 60000", "49152")),
+    ("--config.data.max_prompt_tokens=2", ("no training prompt fits",)),
+])
+def test_drafter_and_data_settings_that_do_not_fit_the_target(tmp_path, override, words):
+  workdir = tmp_path / "work"
+  assert_one_line_error(run_cli(override, f"--workdir={workdir}", config="configs/sft.py:quick"),
+                        *words)
+  assert not (workdir / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_settings_that_would_run_out_of_memory(tmp_path):
+  workdir = tmp_path / "work"
+  assert_one_line_error(run_cli("--config.rollout.batch_size=4096", f"--workdir={workdir}",
+                                config="configs/opd.py"), "a Draft-OPD update needs about",
+                        "lower rollout.batch_size")
+  assert_one_line_error(run_cli("--config.train.batch_size=4096", f"--workdir={workdir}",
+                                config="configs/sft.py"), "an SFT step needs about")
+  assert not workdir.exists()
+
+
+@pytest.fixture(scope="module")
+def drafter_checkpoint(tmp_path_factory, smollm) -> pathlib.Path:
+  cfg = dflash.DFlashConfig.for_target(smollm.cfg, num_layers=1, block_size=4, mask_token_id=0)
+  directory = tmp_path_factory.mktemp("drafter") / "drafter"
+  save_drafter(directory, DFlashDrafter(cfg), dflash.init_params(cfg), smollm.cfg,
+               smollm.tokenizer)
+  return directory
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("field, value, words", [
+    ("target", {"family": "qwen3", "num_layers": 36, "hidden_size": 4096, "vocab_size": 151936},
+     ("made for target",)),
+    ("tokenizer", "0123456789abcdef", ("another tokenizer", "0123456789abcdef")),
+])
+def test_a_drafter_made_for_another_target_or_tokenizer(tmp_path, drafter_checkpoint, field,
+                                                       value, words):
+  copy = tmp_path / "drafter"
+  shutil.copytree(drafter_checkpoint, copy)
+  meta = json.loads((copy / "drafter.json").read_text())
+  meta[field] = value
+  (copy / "drafter.json").write_text(json.dumps(meta))
+  assert_one_line_error(run_cli(f"--config.drafter.checkpoint={copy}",
+                                f"--workdir={tmp_path / 'eval'}", config="configs/eval.py:quick"),
+                        *words)
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, smollm):
+  from draftopd_jax.training import trainer
+  from draftopd_jax.training.checkpoints import Checkpointer
+
+  result = run_cli("--config.train.learning_rate=1e30", "--config.train.steps=12",
+                   "--config.train.warmup_steps=1", f"--workdir={tmp_path}",
+                   config="configs/sft.py:quick")
+  last = result.stderr.strip().splitlines()[-1]  # after the progress bars
+  assert result.returncode == 2 and last.startswith("error: loss became nan"), result.stderr
+  assert "last good checkpoint is kept" in last
+  checkpointer = Checkpointer(tmp_path / "checkpoints")
+  steps = checkpointer.manager.all_steps()
+  assert steps and max(steps) < 12
+  cfg = dflash.DFlashConfig.for_target(smollm.cfg, num_layers=2, block_size=8, mask_token_id=0)
+  like = trainer.init_state(dflash.init_params(cfg), trainer.make_optimizer(1e-3, 1, 12), 0)
+  state, _ = checkpointer.restore(like)
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
