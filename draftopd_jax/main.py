@@ -65,7 +65,14 @@ def run_opd(config, workdir: str | None) -> None:
   train(config, workdir)
 
 
-MODES = {"generate": run_generate, "eval": run_eval, "sft": run_sft, "opd": run_opd}
+def run_export(config, workdir: str | None) -> None:
+  from draftopd_jax.io.export import run_export as export
+
+  export(config, workdir)
+
+
+MODES = {"generate": run_generate, "eval": run_eval, "sft": run_sft, "opd": run_opd,
+         "export": run_export}
 
 
 def main(argv: list[str]) -> None:

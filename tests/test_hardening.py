@@ -69,7 +69,7 @@ def test_block_size_below_two(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("override, words", [
     ("--config.drafter.target_layer_ids=(1,30)", ("target_layer_ids [1, 30]", "0..29")),
-    ("--config.drafter.target_layer_ids=(4,4)", ("distinct",)),
+    ("--config.drafter.target_layer_ids=(-1,4)", ("target_layer_ids [-1, 4]",)),
     ("--config.drafter.mask_token_id=60000", ("mask_token_id 60000", "49152")),
     ("--config.data.max_prompt_tokens=2", ("no training prompt fits",)),
 ])

@@ -80,8 +80,7 @@ def freeze_rope_scaling(scaling: dict[str, Any] | None) -> tuple[tuple[str, Any]
 
 
 def check_layer_ids(layer_ids: tuple[int, ...], num_target_layers: int) -> None:
-  """Target layer ids name decoder layer outputs: 0..L-1, each at most once."""
-  if not layer_ids or len(set(layer_ids)) != len(layer_ids) or not all(
-      0 <= i < num_target_layers for i in layer_ids):
-    raise ValueError(f"target_layer_ids {list(layer_ids)} must be distinct layers of the "
+  """Target layer ids name decoder layer outputs: 0..L-1."""
+  if not layer_ids or not all(0 <= i < num_target_layers for i in layer_ids):
+    raise ValueError(f"target_layer_ids {list(layer_ids)} must be layers of the "
                      f"{num_target_layers}-layer target (0..{num_target_layers - 1})")
