@@ -1,10 +1,12 @@
-"""Preemption and crashes on the real target's quick SFT job: SIGTERM checkpoints and exits with
-the requeue code, kill -9 and a damaged latest checkpoint resume to the uninterrupted result."""
+"""Preemption, crashes and multi-process runs of the real target's quick SFT job: SIGTERM
+checkpoints and exits with the requeue code, kill -9 and a damaged latest checkpoint resume to the
+uninterrupted result, and two processes train as one."""
 
 import json
 import pathlib
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,11 +21,18 @@ from draftopd_jax.training import preemption
 pytestmark = pytest.mark.slow
 
 STEPS = 12  # long enough that a signal sent after the first step lands mid-run
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def command(workdir: pathlib.Path) -> list[str]:
   return [sys.executable, "-m", "draftopd_jax.main", "--config=configs/sft.py:quick",
           f"--workdir={workdir}", f"--config.train.steps={STEPS}", "--config.eval_every=100"]
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
 
 
 def run(workdir: pathlib.Path) -> subprocess.CompletedProcess:
@@ -115,3 +124,19 @@ def test_a_damaged_latest_checkpoint_is_skipped(tmp_path, reference, smollm, dam
   assert f"warning: checkpoint {latest} " in resumed.stderr
   assert f"resumed from step {previous}" in resumed.stdout
   assert_same_drafter(tmp_path, ref_params, smollm.cfg)
+
+
+def test_two_process_job_equals_one_process(tmp_path, reference, smollm):
+  """The same job as 2 processes (1 CPU device each, gloo over loopback): each feeds its half of
+  every batch, process 0 alone writes metrics, and the drafter equals the 1-process run's."""
+  ref_dir, ref_params = reference
+  shutil.copytree(ref_dir / "data", tmp_path / "data")
+  flags = command(tmp_path)[4:]  # the job's flags after --config
+  result = subprocess.run(["bash", "launch/local.sh", "--processes", "2", "--devices", "1",
+                           "--port", str(free_port()), "configs/sft.py:quick", *flags], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.count("done: step 12") == 2  # both processes finished the job
+  params = load_drafter(tmp_path / "drafter", smollm.cfg)[1]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), params, ref_params)
+  assert logged_steps(tmp_path) == logged_steps(ref_dir)  # one writer: no duplicated lines

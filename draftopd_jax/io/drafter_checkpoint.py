@@ -16,6 +16,7 @@ from draftopd_jax.decoding.drafters import DFlashDrafter, Eagle3Drafter
 from draftopd_jax.errors import UserError
 from draftopd_jax.io.tokenizer import Tokenizer
 from draftopd_jax.models import ModelConfig, dflash, eagle3
+from draftopd_jax.parallel import distributed
 
 KINDS = {"dflash": (DFlashDrafter, dflash.DFlashConfig), "eagle3": (Eagle3Drafter, eagle3.Eagle3Config)}
 _META = "drafter.json"
@@ -34,6 +35,7 @@ def save_drafter(directory: str | pathlib.Path, drafter, params, target_cfg: Mod
                  tokenizer: Tokenizer | None = None) -> None:
   directory = pathlib.Path(directory).absolute()
   directory.mkdir(parents=True, exist_ok=True)
+  params = distributed.host_copy(params)  # whole arrays, also from a multi-process run
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(directory / "params", params, force=True)
   checkpointer.wait_until_finished()

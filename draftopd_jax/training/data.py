@@ -45,15 +45,21 @@ def _read_done(path: pathlib.Path) -> dict[int, Example]:
 
 def regenerate(prompts: Sequence[Sequence[int]], path: str | pathlib.Path,
                generate_batch: Callable[[list[list[int]]], list[list[int]]], batch_size: int,
-               show_progress: bool = True) -> list[Example]:
+               show_progress: bool = True, writer: bool = True,
+               after_reading: Callable[[], None] = lambda: None) -> list[Example]:
   """Responses for every prompt, generated in batches by `generate_batch` and cached in `path`.
 
-  Prompts already in the file are not generated again; the result is in prompt order.
+  Prompts already in the file are not generated again; the result is in prompt order. In a
+  multi-process run every process generates (one SPMD computation) but only the `writer` writes,
+  after `after_reading` (a barrier) has let every process read the file.
   """
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   done = _read_done(path)
   todo = [i for i in range(len(prompts)) if i not in done]
+  after_reading()
+  if not writer:
+    path = pathlib.Path(os.devnull)
   # Rewrite the file without torn lines before appending, so it stays valid JSONL.
   with open(path, "w") as f:
     f.writelines(json.dumps({"index": i, "prompt_ids": list(e.prompt_ids),

@@ -2,6 +2,7 @@
 TensorBoard event files (for watching it)."""
 
 import json
+import os
 import pathlib
 from numbers import Number
 
@@ -9,11 +10,13 @@ from tensorboardX import SummaryWriter
 
 
 class MetricWriter:
+  """Writes nothing when not `enabled` (the processes other than 0 of a multi-process run)."""
 
-  def __init__(self, workdir: str | pathlib.Path, tensorboard: bool = True):
+  def __init__(self, workdir: str | pathlib.Path, tensorboard: bool = True, enabled: bool = True):
     workdir = pathlib.Path(workdir)
-    self.jsonl = open(workdir / "metrics.jsonl", "a")
-    self.tensorboard = SummaryWriter(str(workdir / "tensorboard")) if tensorboard else None
+    self.jsonl = open(workdir / "metrics.jsonl" if enabled else os.devnull, "a")
+    self.tensorboard = (SummaryWriter(str(workdir / "tensorboard")) if tensorboard and enabled
+                        else None)
 
   def write(self, step: int, record: dict) -> None:
     """Appends {"step": step, **record}; numbers and lists of numbers (one curve per index,

@@ -137,7 +137,7 @@ def run_opd(config, workdir: str | None) -> dict:
   if checkpointer.latest_step() is not None:
     state, position = checkpointer.restore(state)
     print(f"resumed from step {int(state.step)} (prompt position {position})")
-  writer = MetricWriter(out, tensorboard=config.tensorboard)
+  writer = MetricWriter(out, tensorboard=config.tensorboard, enabled=jax.process_index() == 0)
   width = config.data.max_prompt_tokens
   seq_len = width + r.max_new_tokens + drafter.block_size
   blocks = r.max_new_tokens * (2 if r.anchors == "random" else 1)
@@ -152,7 +152,8 @@ def run_opd(config, workdir: str | None) -> dict:
 
   if int(state.step) == 0:
     before = evaluate(0)
-    (out / "before.json").write_text(json.dumps(before))
+    if jax.process_index() == 0:
+      (out / "before.json").write_text(json.dumps(before))
   else:
     before = json.loads((out / "before.json").read_text())
     used_flops = max((rec.get("train_flops", 0.0) for rec in map(
@@ -200,7 +201,8 @@ def run_opd(config, workdir: str | None) -> dict:
   save_drafter(out / "drafter", drafter,
                jax.device_get(opd_step.full_params(drafter, state.params, d2t)), model.cfg,
                model.tokenizer)
-  plots.opd_curves(out / "metrics.jsonl", out)
+  if jax.process_index() == 0:
+    plots.opd_curves(out / "metrics.jsonl", out)
   print("held-out tau before: " + _format(before))
   print("held-out tau after:  " + _format(after))
   print(f"drafter saved to {out / 'drafter'}; plots and metrics in {out}")

@@ -27,7 +27,7 @@ from draftopd_jax.errors import UserError
 from draftopd_jax.io import LoadedModel, load_model
 from draftopd_jax.io.drafter_checkpoint import load_drafter, save_drafter
 from draftopd_jax.models import dflash, eagle3
-from draftopd_jax.parallel import sharding
+from draftopd_jax.parallel import distributed, sharding
 from draftopd_jax.training import data, flops, trainer
 from draftopd_jax.training.checkpoints import Checkpointer
 from draftopd_jax.training.preemption import Preempted, PreemptionWatch
@@ -62,7 +62,8 @@ def regenerated_examples(config, model: LoadedModel, workdir: pathlib.Path) -> l
                        eos_ids=model.tokenizer.eos_ids, seed=len(batch[0]))
     return engine.new_tokens(state)
 
-  return data.regenerate(prompts, path, generate_batch, d.regen_batch_size)
+  return data.regenerate(prompts, path, generate_batch, d.regen_batch_size,
+                         writer=jax.process_index() == 0, after_reading=distributed.barrier)
 
 
 def new_drafter_config(c, target_cfg) -> dflash.DFlashConfig | eagle3.Eagle3Config:
@@ -168,7 +169,7 @@ def run_sft(config, workdir: str | None) -> dict:
   order = lambda epoch: np.random.default_rng([t.seed, epoch]).permutation(len(examples))
   rows = sharding.process_rows(mesh, config.sharding_rules, t.batch_size)
 
-  writer = MetricWriter(out, tensorboard=config.tensorboard)
+  writer = MetricWriter(out, tensorboard=config.tensorboard, enabled=jax.process_index() == 0)
   best_file = out / "best.json"  # survives restarts, so a resumed run keeps the true best
   best = json.loads(best_file.read_text())["heldout_tau"] if best_file.is_file() else -1.0
   with (PreemptionWatch() as preemption,
@@ -185,7 +186,8 @@ def run_sft(config, workdir: str | None) -> dict:
           best = tau
           save_drafter(out / "best_drafter", drafter, full_params(state.params), model.cfg,
                        model.tokenizer)
-          best_file.write_text(json.dumps({"step": step, "heldout_tau": tau}))
+          if jax.process_index() == 0:
+            best_file.write_text(json.dumps({"step": step, "heldout_tau": tau}))
       indices = [order(p // len(examples))[p % len(examples)]
                  for p in range(position, position + t.batch_size)][rows]
       batch = data.to_batch([examples[i] for i in indices], config.data.seq_len,
