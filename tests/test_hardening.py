@@ -72,12 +72,18 @@ def test_block_size_below_two(tmp_path):
     ("--config.drafter.target_layer_ids=(-1,4)", ("target_layer_ids [-1, 4]",)),
     ("--config.drafter.mask_token_id=60000", ("mask_token_id 60000", "49152")),
     ("--config.data.max_prompt_tokens=2", ("no training prompt fits",)),
+    ("--config.data.source=EMPTY", ("holds no prompts",)),
+    ("--config.data.source=MALFORMED", ("malformed.jsonl:2", "expected a JSON object")),
 ])
 def test_drafter_and_data_settings_that_do_not_fit_the_target(tmp_path, override, words):
+  (tmp_path / "empty.jsonl").write_text("\n")
+  (tmp_path / "malformed.jsonl").write_text('{"prompt": "fine"}\n{"text": "no prompt"}\n')
+  override = override.replace("EMPTY", str(tmp_path / "empty.jsonl")).replace(
+      "MALFORMED", str(tmp_path / "malformed.jsonl"))
   workdir = tmp_path / "work"
   assert_one_line_error(run_cli(override, f"--workdir={workdir}", config="configs/sft.py:quick"),
                         *words)
-  assert not (workdir / "checkpoints").exists()
+  assert not workdir.exists()
 
 
 @pytest.mark.slow

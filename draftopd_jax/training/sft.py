@@ -48,9 +48,9 @@ def training_prompts(config, model: LoadedModel) -> list[list[int]]:
   return kept
 
 
-def regenerated_examples(config, model: LoadedModel, workdir: pathlib.Path) -> list[data.Example]:
+def regenerated_examples(config, model: LoadedModel, prompts: list[list[int]],
+                         workdir: pathlib.Path) -> list[data.Example]:
   d = config.data
-  prompts = training_prompts(config, model)
   sampling = SamplingConfig(temperature=d.temperature)
   settings = {"prompts": data.cache_key("", {"ids": prompts}), "response_tokens": d.response_tokens,
               "temperature": d.temperature, "dtype": config.dtype}
@@ -142,8 +142,9 @@ def run_sft(config, workdir: str | None) -> dict:
   check_step_memory(config, model.cfg.vocab_size)
   if not config.drafter.init_from:
     new_drafter_config(config.drafter, model.cfg)  # a bad drafter setting fails before the data
+  prompt_ids = training_prompts(config, model)
   out.mkdir(parents=True, exist_ok=True)
-  examples = regenerated_examples(config, model, out)
+  examples = regenerated_examples(config, model, prompt_ids, out)
   drafter, params = make_drafter(config, model, examples)
   heldout_tau = HeldoutTau(model, tuple(config.heldout.datasets), config.heldout.num_prompts,
                            config.heldout.max_new_tokens, config.data.heldout_fraction)
