@@ -16,6 +16,7 @@ from draftopd_jax.decoding.drafters import DFlashDrafter
 from draftopd_jax.errors import UserError
 from draftopd_jax.io.drafter_checkpoint import save_drafter
 from draftopd_jax.models import dflash
+from draftopd_jax.training.sft import new_drafter_config
 from test_cli import ROOT, assert_one_line_error, run_cli
 
 
@@ -67,15 +68,27 @@ def test_block_size_below_two(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("changes, words", [
+    ({"target_layer_ids": (1, 30)}, "target_layer_ids \\[1, 30\\] must be layers of the 30-layer"),
+    ({"target_layer_ids": (-1, 4)}, "target_layer_ids \\[-1, 4\\]"),
+    ({"mask_token_id": 60000}, "mask_token_id 60000 is not a token id .*49152"),
+    ({"kind": "eagle3", "draft_vocab_size": 0}, "draft_vocab_size must be in"),
+])
+def test_drafter_settings_that_do_not_fit_the_target(smollm, changes, words):
+  config = runpy.run_path(str(ROOT / "configs" / "sft.py"))["get_config"]("quick")
+  config.drafter.update(changes)
+  with pytest.raises(UserError, match=words):
+    new_drafter_config(config.drafter, smollm.cfg)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("override, words", [
-    ("--config.drafter.target_layer_ids=(1,30)", ("target_layer_ids [1, 30]", "0..29")),
-    ("--config.drafter.target_layer_ids=(-1,4)", ("target_layer_ids [-1, 4]",)),
-    ("--config.drafter.mask_token_id=60000", ("mask_token_id 60000", "49152")),
+    ("--config.drafter.target_layer_ids=(1,30)", ("config.drafter: target_layer_ids [1, 30]",)),
     ("--config.data.max_prompt_tokens=2", ("no training prompt fits",)),
     ("--config.data.source=EMPTY", ("holds no prompts",)),
     ("--config.data.source=MALFORMED", ("malformed.jsonl:2", "expected a JSON object")),
 ])
-def test_drafter_and_data_settings_that_do_not_fit_the_target(tmp_path, override, words):
+def test_bad_settings_stop_the_job_before_any_work(tmp_path, override, words):
   (tmp_path / "empty.jsonl").write_text("\n")
   (tmp_path / "malformed.jsonl").write_text('{"prompt": "fine"}\n{"text": "no prompt"}\n')
   override = override.replace("EMPTY", str(tmp_path / "empty.jsonl")).replace(

@@ -125,6 +125,6 @@ def test_init_from_loads_a_saved_drafter(tmp_path):
   config = ml_collections.ConfigDict({"drafter": {"kind": "dflash",
                                                   "init_from": str(tmp_path / "drafter")},
                                       "train": {"seed": 0}})
-  drafter, loaded = make_drafter(config, SimpleNamespace(cfg=CFG), examples=[])
+  drafter, loaded = make_drafter(config, SimpleNamespace(cfg=CFG, tokenizer=None), examples=[])
   assert drafter == DFlashDrafter(cfg)
   jax.tree.map(np.testing.assert_array_equal, params, loaded)

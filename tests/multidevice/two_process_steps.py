@@ -1,9 +1,10 @@
-"""One process of a multi-process run (or the whole run): 3 DFlash SFT steps or 3 Draft-OPD steps
-on a tiny model, over a data=2 x fsdp=2 mesh of 4 CPU devices in all; each process feeds only its
-own batch rows. Process 0 saves the losses and the final drafter params.
+"""One process of a multi-process run (or the whole run): 3 DFlash SFT steps, then 3 Draft-OPD
+steps, on a tiny model over a data=2 x fsdp=2 mesh of 4 CPU devices in all; each process feeds
+only its own batch rows. Process 0 saves the losses and final drafter params of each to
+OUT_sft.npz and OUT_opd.npz.
 
   XLA_FLAGS=--xla_force_host_platform_device_count=D python tests/multidevice/two_process_steps.py \
-      sft|opd OUT.npz NUM_PROCESSES PROCESS_ID PORT
+      OUT NUM_PROCESSES PROCESS_ID PORT
 with D x NUM_PROCESSES = 4 (the test runs 1 x 4 and 2 x 2 and compares).
 """
 
@@ -11,7 +12,6 @@ import sys
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
 from draftopd_jax.decoding.drafters import DFlashDrafter
 from draftopd_jax.models import ModelConfig, dflash, init_params
@@ -19,7 +19,7 @@ from draftopd_jax.parallel import distributed, sharding
 from draftopd_jax.training import opd_step, trainer
 from draftopd_jax.training.opd_losses import LossOptions
 
-mode, out, num_processes, process_id, port = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
+out, num_processes, process_id, port = sys.argv[1], *map(int, sys.argv[2:])
 if num_processes > 1:
   distributed.initialize(f"localhost:{port}", num_processes, process_id)
 assert jax.device_count() == 4 and jax.process_count() == num_processes
@@ -28,32 +28,38 @@ CFG = ModelConfig(family="qwen3", vocab_size=64, hidden_size=32, num_layers=4, n
                   num_kv_heads=2, head_dim=8, intermediate_size=64, qk_norm=True)
 D_CFG = dflash.DFlashConfig.for_target(CFG, num_layers=2, block_size=4, mask_token_id=63)
 OPT = trainer.make_optimizer(1e-2, warmup_steps=1, total_steps=10)
-rng = np.random.default_rng(0)  # every process draws the same global batches
-if mode == "sft":
-  STEP = trainer.dflash_step_fn(cfg=D_CFG, target_cfg=CFG, optimizer=OPT, num_anchors=4,
-                                gamma=0.0, distill=False)
-  mask = np.arange(24)[None].repeat(8, 0) >= 6
-  BATCHES = [(rng.integers(0, 63, (8, 24)).astype(np.int32), mask) for _ in range(3)]
-else:
-  STEP = opd_step.opd_step_fn(drafter=DFlashDrafter(D_CFG), target_cfg=CFG, optimizer=OPT,
+
+
+def steps_and_batches(mode: str, rng: np.random.Generator):
+  if mode == "sft":
+    step = trainer.dflash_step_fn(cfg=D_CFG, target_cfg=CFG, optimizer=OPT, num_anchors=4,
+                                  gamma=0.0, distill=False)
+    mask = np.arange(24)[None].repeat(8, 0) >= 6
+    return step, [(rng.integers(0, 63, (8, 24)).astype(np.int32), mask) for _ in range(3)]
+  step = opd_step.opd_step_fn(drafter=DFlashDrafter(D_CFG), target_cfg=CFG, optimizer=OPT,
                               rollout=opd_step.RolloutOptions(max_new_tokens=10),
                               loss=LossOptions())
   mask = np.arange(6)[None] >= rng.integers(0, 4, (8, 1))  # left-padded prompts
-  BATCHES = [(rng.integers(1, 60, (8, 6)).astype(np.int32), mask) for _ in range(3)]
+  return step, [(rng.integers(1, 60, (8, 6)).astype(np.int32), mask) for _ in range(3)]
+
 
 mesh = sharding.make_mesh(data=2, fsdp=2)
 rules = sharding.DEFAULT_RULES
-step, state, target = trainer.shard_step(
-    STEP, mesh, trainer.init_state(dflash.init_params(D_CFG), OPT, 0), init_params(CFG, seed=3))
 rows = sharding.process_rows(mesh, rules, 8)
 assert rows.stop - rows.start == 8 // num_processes
-losses = []
-for batch in BATCHES:
-  state, metrics = step(state, target, *(sharding.host_batch(mesh, rules, x[rows], 8)
-                                         for x in batch))
-  losses.append(float(metrics["loss"]))
-params = multihost_utils.process_allgather(state.params, tiled=True)
-if process_id == 0:
-  np.savez(out, losses=np.asarray(losses), **{
-      jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)})
-print(f"process {process_id}: rows {rows.start}:{rows.stop}, losses {losses}")
+for mode in ("sft", "opd"):
+  step_fn, batches = steps_and_batches(mode, np.random.default_rng(0))  # same on every process
+  step, state, target = trainer.shard_step(
+      step_fn, mesh, trainer.init_state(dflash.init_params(D_CFG), OPT, 0),
+      init_params(CFG, seed=3))
+  losses = []
+  for batch in batches:
+    state, metrics = step(state, target, *(sharding.host_batch(mesh, rules, x[rows], 8)
+                                           for x in batch))
+    losses.append(float(metrics["loss"]))
+  params = distributed.host_copy(state.params)
+  if process_id == 0:
+    np.savez(f"{out}_{mode}.npz", losses=np.asarray(losses), **{
+        jax.tree_util.keystr(path): leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)})
+  print(f"process {process_id} {mode}: rows {rows.start}:{rows.stop}, losses {losses}")
