@@ -143,6 +143,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, smollm):
   from draftopd_jax.training.checkpoints import Checkpointer
 
   result = run_cli("--config.train.learning_rate=1e30", "--config.train.steps=12",
+                   "--config.data.num_prompts=4",
                    "--config.train.warmup_steps=1", f"--workdir={tmp_path}",
                    config="configs/sft.py:quick")
   last = result.stderr.strip().splitlines()[-1]  # after the progress bars

@@ -18,6 +18,7 @@ import pytest
 
 from draftopd_jax.io.drafter_checkpoint import load_drafter
 from draftopd_jax.training import preemption
+from test_sft_job import tensorboard_scalars
 
 pytestmark = pytest.mark.slow
 
@@ -75,6 +76,19 @@ def reference(tmp_path_factory, smollm) -> tuple[pathlib.Path, dict]:
   result = run(workdir)
   assert result.returncode == 0, result.stderr[-2000:]
   return workdir, load_drafter(workdir / "drafter", smollm.cfg)[1]
+
+
+def test_a_run_logs_metrics_tensorboard_and_drafters(reference):
+  workdir = reference[0]
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").open()]
+  assert {"heldout_tau", "train_flops"} <= set(records[0])
+  losses = {r["step"]: r["loss"] for r in records if "loss" in r}
+  assert sorted(losses) == list(range(1, STEPS + 1))
+  assert all(r["train_flops"] > 0 for r in records if "loss" in r)
+  assert (workdir / "best_drafter" / "drafter.json").is_file()
+  logged = tensorboard_scalars(workdir / "tensorboard")
+  assert sorted(step for step, _ in logged["loss"]) == sorted(losses)
+  assert {"heldout_tau", "accuracy_by_slot/6", "seconds_per_step"} <= set(logged)
 
 
 def assert_same_drafter(workdir: pathlib.Path, expected: dict, model_cfg) -> None:
