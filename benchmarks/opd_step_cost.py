@@ -67,7 +67,7 @@ def main() -> None:
 
   rollout_fn = jax.jit(lambda p, prompt, mask, record: opd_step.run_rollout(
       drafter, p, model.cfg, target, prompt, mask, jax.random.key(0), rollout,
-      record_features=record), static_argnums=3)
+      record_teacher=record), static_argnums=3)
   decoded = rollout_fn(params, *batch, True)
   teacher = opd_replay.from_rollout(decoded)
   plan = anchor_plan.from_trace(decoded.trace, k)

@@ -131,7 +131,7 @@ def rollout(drafter_params, prompts, mask, max_new_tokens=12):
   drafter = DFlashDrafter(D_CFG)
   state = engine.prefill(CFG, TARGET, drafter, drafter_params, prompts, mask, jax.random.key(0),
                          max_new_tokens=max_new_tokens, sampling=SamplingConfig(),
-                         eos_ids=(), record_features=True, record_verify_logprobs=True)
+                         eos_ids=(), record_teacher=True, record_verify_logprobs=True)
   return state, drafter
 
 
@@ -202,7 +202,7 @@ def test_eagle3_replay_feeds_the_drafters_own_proposals():
   drafter = Eagle3Drafter(E_CFG)
   statics = dict(max_new_tokens=12, sampling=SamplingConfig(), eos_ids=())
   state = engine.prefill(CFG, TARGET, drafter, params, PROMPTS, MASK, jax.random.key(0),
-                         record_features=True, **statics)
+                         record_teacher=True, **statics)
   seen = {}
   while not bool(state.done_B.all()):
     anchor_B = state.lengths_B - 1

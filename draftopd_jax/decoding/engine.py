@@ -8,10 +8,10 @@ returns to the host inside the loop. With the `Autoregressive` drafter (K = 1) t
 autoregressive decoding, so speedups compare the same code path.
 
 Every verify step is recorded in fixed-size per-sequence buffers (the trace Draft-OPD replays):
-the anchor position, accepted and committed counts, the proposals, and the target's log-probs of
-each proposal and of each committed token from the verify pass. Asked to, the state also keeps the
-target's hidden states at the drafter's layers for every committed position, so that Draft-OPD
-needs no second target pass over the finished sequences.
+the anchor position, accepted and committed counts, the proposals and the target's log-prob of
+each proposal from the verify pass. Asked to (`record_teacher`), it also keeps the target's
+log-prob of each committed token, and the state the target's hidden states at the drafter's
+layers for every verified position: what Draft-OPD trains on, without a second target pass.
 """
 
 import functools
@@ -37,24 +37,27 @@ class Trace:
   committed_BxN: jax.Array  # tokens appended (accepted + 1, cut by EOS or the length limit)
   proposals_BxNxK1: jax.Array
   proposal_logprob_BxNxK1: jax.Array
-  # The target's log-prob of the token committed at offsets 1..K-1 (the accepted proposals, then
-  # its own token) under the committed prefix; meaningless past the committed count.
-  committed_logprob_BxNxK1: jax.Array
   num_steps_B: jax.Array
   # The target's full log-probs (temperature 1) at the proposal rows of each verify pass, when
   # asked for (Draft-OPD's full-vocabulary reverse KL needs them); else None.
   verify_logprobs_BxNxK1xV: jax.Array | None = None
+  # With `record_teacher`: the target's log-prob of the token committed at offsets 1..K-1 (the
+  # accepted proposals, then its own token) under the committed prefix; meaningless past the
+  # committed count.
+  committed_logprob_BxNxK1: jax.Array | None = None
 
   @classmethod
-  def create(cls, batch: int, steps: int, k: int, record_vocab: int = 0) -> "Trace":
+  def create(cls, batch: int, steps: int, k: int, record_vocab: int = 0,
+             record_committed: bool = False) -> "Trace":
     zeros = lambda *shape, dtype=jnp.int32: jnp.zeros((batch, steps) + shape, dtype)
     return cls(anchor_pos_BxN=jnp.full((batch, steps), -1, jnp.int32), accepted_BxN=zeros(),
                committed_BxN=zeros(), proposals_BxNxK1=zeros(k - 1),
                proposal_logprob_BxNxK1=zeros(k - 1, dtype=jnp.float32),
-               committed_logprob_BxNxK1=zeros(k - 1, dtype=jnp.float32),
                num_steps_B=jnp.zeros((batch,), jnp.int32),
                verify_logprobs_BxNxK1xV=(zeros(k - 1, record_vocab, dtype=jnp.float32)
-                                         if record_vocab else None))
+                                         if record_vocab else None),
+               committed_logprob_BxNxK1=(zeros(k - 1, dtype=jnp.float32)
+                                         if record_committed else None))
 
 
 @flax.struct.dataclass
@@ -89,14 +92,15 @@ _STATICS = ("target_cfg", "drafter", "max_new_tokens", "sampling", "eos_ids", "v
 
 
 @functools.partial(jax.jit, static_argnames=_STATICS[:5] + ("record_verify_logprobs",
-                                                            "record_features"))
+                                                            "record_teacher"))
 def prefill(target_cfg: ModelConfig, target_params: Params, drafter, drafter_params,
             prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, rng: jax.Array, *,
             max_new_tokens: int, sampling: SamplingConfig, eos_ids: tuple[int, ...],
-            record_verify_logprobs: bool = False, record_features: bool = False) -> DecodeState:
+            record_verify_logprobs: bool = False, record_teacher: bool = False) -> DecodeState:
   """Runs the prompts through the target, commits the first new token, primes the drafter.
   `record_verify_logprobs` keeps the verify passes' full log-prob rows in the trace and
-  `record_features` the target's hidden states in the state (both for Draft-OPD)."""
+  `record_teacher` the committed tokens' log-probs and the target's hidden states (both for
+  Draft-OPD; inference records neither)."""
   b, p = prompt_BxP.shape
   k = drafter.block_size
   prompt_BxP, prompt_lens_B = left_align(prompt_BxP, prompt_mask_BxP)
@@ -116,7 +120,7 @@ def prefill(target_cfg: ModelConfig, target_params: Params, drafter, drafter_par
   drafter_state = drafter.observe(drafter_params, (target_cfg, target_params), drafter_state,
                                   tokens_BxS, positions_BxP, out.hidden_BxTxFxD, prompt_lens_B)
   features_BxSxFxD = None
-  if record_features:
+  if record_teacher:
     hidden_BxPxFxD = out.hidden_BxTxFxD
     features_BxSxFxD = jnp.zeros((b, max_len, *hidden_BxPxFxD.shape[2:]), hidden_BxPxFxD.dtype
                                  ).at[:, :p].set(hidden_BxPxFxD)
@@ -125,7 +129,7 @@ def prefill(target_cfg: ModelConfig, target_params: Params, drafter, drafter_par
                      cache=out.cache, drafter_state=drafter_state, rng=rng,
                      step=jnp.zeros((), jnp.int32),
                      trace=Trace.create(b, max_new_tokens, k, target_cfg.vocab_size
-                                        if record_verify_logprobs else 0),
+                                        if record_verify_logprobs else 0, record_teacher),
                      features_BxSxFxD=features_BxSxFxD)
 
 
@@ -163,13 +167,14 @@ def _verify_step(target_cfg, target_params, drafter, drafter_params, s: DecodeSt
   drafter_state = drafter.observe(drafter_params, target, drafter_state, tokens_BxS,
                                   positions_BxK, out.hidden_BxTxFxD, lengths_B - 1)
 
-  # Record the step for the sequences still running. Teacher log-probs are at temperature 1.
-  logprobs_BxK1xV = jax.nn.log_softmax(out.logits_BxTxV[:, :-1].astype(jnp.float32), axis=-1)
-  committed_logprob_BxK1 = jnp.take_along_axis(logprobs_BxK1xV, new_BxK[:, :-1, None],
-                                               axis=-1)[..., 0]
+  # Record the step for the sequences still running. Teacher log-probs are at temperature 1
+  # (computed only when recorded: inference never pays for them).
   t = s.trace
   n_B = jnp.where(s.done_B, t.anchor_pos_BxN.shape[1], t.num_steps_B)  # done rows: dropped
   rows_B = jnp.arange(b)
+  record = lambda buffer, value: None if buffer is None else buffer.at[rows_B, n_B].set(
+      value(), mode="drop")
+  logprobs_BxK1xV = lambda: jax.nn.log_softmax(out.logits_BxTxV[:, :-1].astype(jnp.float32), -1)
   trace = Trace(
       anchor_pos_BxN=t.anchor_pos_BxN.at[rows_B, n_B].set(anchor_pos_B, mode="drop"),
       accepted_BxN=t.accepted_BxN.at[rows_B, n_B].set(verdict.accepted_B, mode="drop"),
@@ -177,11 +182,10 @@ def _verify_step(target_cfg, target_params, drafter, drafter_params, s: DecodeSt
       proposals_BxNxK1=t.proposals_BxNxK1.at[rows_B, n_B].set(proposals_BxK1, mode="drop"),
       proposal_logprob_BxNxK1=t.proposal_logprob_BxNxK1.at[rows_B, n_B].set(
           verdict.proposal_logprob_BxK1, mode="drop"),
-      committed_logprob_BxNxK1=t.committed_logprob_BxNxK1.at[rows_B, n_B].set(
-          committed_logprob_BxK1, mode="drop"),
       num_steps_B=t.num_steps_B + (~s.done_B),
-      verify_logprobs_BxNxK1xV=None if t.verify_logprobs_BxNxK1xV is None else
-      t.verify_logprobs_BxNxK1xV.at[rows_B, n_B].set(logprobs_BxK1xV, mode="drop"))
+      verify_logprobs_BxNxK1xV=record(t.verify_logprobs_BxNxK1xV, logprobs_BxK1xV),
+      committed_logprob_BxNxK1=record(t.committed_logprob_BxNxK1, lambda: jnp.take_along_axis(
+          logprobs_BxK1xV(), new_BxK[:, :-1, None], axis=-1)[..., 0]))
   # The whole block's states: the committed ones stay, the rest are overwritten by later steps.
   features_BxSxFxD = None if s.features_BxSxFxD is None else s.features_BxSxFxD.at[
       rows_B[:, None], positions_BxK].set(out.hidden_BxTxFxD, mode="drop")

@@ -20,6 +20,7 @@ a drafter `norm`: export writes the target's weights there, and import accepts o
 import json
 import pathlib
 
+import jax
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
@@ -289,8 +290,6 @@ def _import_eagle3(config, tensors, speculators, target_cfg):
 def drafter_logits(drafter, params, target_cfg: ModelConfig, target_params: dict,
                    seed: int = 0) -> np.ndarray:
   """The drafter's logits on a fixed random context: what a round trip must keep unchanged."""
-  import jax
-
   rng = np.random.default_rng(seed)
   b, s = 2, 24
   tokens = rng.integers(0, target_cfg.vocab_size, (b, s)).astype(np.int32)

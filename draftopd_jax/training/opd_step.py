@@ -44,13 +44,13 @@ class RolloutOptions:
 
 def run_rollout(drafter: DFlashDrafter | Eagle3Drafter, drafter_params, target_cfg, target_params,
                 prompt_BxP, prompt_mask_BxP, rng, options: RolloutOptions, *,
-                record_verify_logprobs: bool = False, record_features: bool = False
+                record_verify_logprobs: bool = False, record_teacher: bool = False
                 ) -> engine.DecodeState:
   statics = dict(max_new_tokens=options.max_new_tokens, sampling=options.sampling,
                  eos_ids=options.eos_ids)
   state = engine.prefill(target_cfg, target_params, drafter, drafter_params, prompt_BxP,
                          prompt_mask_BxP, rng, record_verify_logprobs=record_verify_logprobs,
-                         record_features=record_features, **statics)
+                         record_teacher=record_teacher, **statics)
   return engine.decode(target_cfg, target_params, drafter, drafter_params, state,
                        jnp.int32(options.max_new_tokens), **statics)
 
@@ -87,7 +87,7 @@ def rollout_loss(trainable_params, rng, target_params, prompt_BxP, prompt_mask_B
   decoded = run_rollout(drafter, full_params(drafter, jax.lax.stop_gradient(trainable_params),
                                              d2t_Vd),
                         target_cfg, target_params, prompt_BxP, prompt_mask_BxP, rollout_key,
-                        rollout, record_verify_logprobs=full, record_features=at_verify_steps)
+                        rollout, record_verify_logprobs=full, record_teacher=at_verify_steps)
   trace = decoded.trace
   plan = anchor_plan.from_trace(trace, drafter.block_size, rollout.include_correction)
   stats = rollout_metrics(trace, plan)
