@@ -14,6 +14,11 @@ Variants:
   configs/opd.py:paper         the paper's formulas (full-vocabulary KLs, mean of stream means,
                                correction token in the rejected stream only)
   configs/opd.py:qwen3_8b_pod  a Qwen3-8B-class target on an accelerator pod (see launch/)
+  configs/opd.py:branch        the paper-reproduction branch (docs/results.md): from the plateau
+                               drafter, the same constant rate, FLOPs budget and held-out sets as
+                               configs/sft.py:continue
+Variants combine with commas, applied left to right: configs/opd.py:branch,all_forward is the
+all-forward ablation of the branch at the ablations' budget (configs/sft.py: ABLATION_FLOPS).
 
 Expected (2 CPU cores, default): the SFT warm-up reaches held-out tau about 1.06; in our run the
 60 Draft-OPD updates then lowered it to 1.02 (a drafter this weak sees almost only rejected
@@ -36,17 +41,22 @@ ABLATIONS = {
     "paper": dict(loss=dict(estimator="full", aggregation="mean_of_means"),
                   rollout=dict(include_correction=False)),
 }
-VARIANTS = ("default", "long", "quick", "qwen3_8b_pod", *ABLATIONS)
+VARIANTS = ("default", "long", "quick", "qwen3_8b_pod", "branch", *ABLATIONS)
+
+
+SFT_CONFIGS = runpy.run_path(str(pathlib.Path(__file__).with_name("sft.py")))
 
 
 def sft_config(variant: str) -> ml_collections.ConfigDict:
-  return runpy.run_path(str(pathlib.Path(__file__).with_name("sft.py")))["get_config"](variant)
+  return SFT_CONFIGS["get_config"](variant)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "default"
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown variant {variant!r} of configs/opd.py; choose one of {VARIANTS}")
+  variants = (arg or "default").split(",")
+  for variant in variants:
+    if variant not in VARIANTS:
+      raise ValueError(f"unknown variant {variant!r} of configs/opd.py; choose from {VARIANTS}, "
+                       "several joined by commas")
   c = ml_collections.ConfigDict()
   c.mode = "opd"
   c.workdir = "runs/opd"  # used when --workdir is not given
@@ -59,8 +69,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.warmup.eval_every = 100
   c.data = ml_collections.ConfigDict(dict(
       source="sharegpt", tfds_field="prompt", tfds_data_dir="",  # as in configs/sft.py
-      skip=1024,  # train-split prompts to skip: SFT's prompts come first, OPD's pool after them
-      num_prompts=512, heldout_fraction=0.02, max_prompt_tokens=96))
+      heldout_fraction=0.02,
+      # skip: train-split prompts to skip (SFT's prompts come first, OPD's pool after them),
+      # num_prompts, max_prompt_tokens
+      **SFT_CONFIGS["OPD_POOL"]))
   c.rollout = ml_collections.ConfigDict(dict(
       batch_size=4,  # prompts per rollout batch
       rollouts_per_update=1,  # rollout batches whose gradients make one update (the code: 10)
@@ -80,43 +92,55 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(
       # The paper's LR is 3e-4 for 5-layer drafters of 4B-8B targets; our 2-layer drafter was
       # SFT-trained at 6e-4 and is post-trained at the same rate.
-      steps=60, learning_rate=6e-4, warmup_steps=5, weight_decay=0.01, grad_clip=1.0, seed=0))
+      steps=60, learning_rate=6e-4, warmup_steps=5, weight_decay=0.01, grad_clip=1.0, seed=0,
+      final_lr_fraction=0.1,  # cosine decay to this fraction of the rate; 1.0 = constant
+      flops_budget=0.0))  # > 0: stop at the first update that has spent this many FLOPs
   c.heldout = ml_collections.ConfigDict(dict(
       datasets=("humaneval", "mtbench"), num_prompts=8, max_new_tokens=64))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding_rules = sharding.DEFAULT_RULES
   c.tensorboard = True
   c.eval_every = 30
+  c.eval_every_flops = 0.0  # > 0: held-out tau at every multiple of this many FLOPs instead
   c.log_every = 1
   c.checkpoint_every = 10
   c.keep_checkpoints = 2
-  if variant in ABLATIONS:
-    for group, values in ABLATIONS[variant].items():
-      c[group].update(values)
-  if variant == "long":
-    c.rollout.max_new_tokens = 64
-    c.train.update(steps=600, warmup_steps=30)
-    c.eval_every, c.checkpoint_every = 50, 25
-    c.heldout.update(datasets=("humaneval", "mtbench", "sharegpt"), num_prompts=16)
-  if variant == "quick":
-    c.warmup = sft_config("quick")
-    c.data.update(num_prompts=8, max_prompt_tokens=96)
-    c.rollout.update(batch_size=2, max_new_tokens=12)
-    c.train.update(steps=4, warmup_steps=1)
-    c.heldout.update(datasets=("humaneval",), num_prompts=2, max_new_tokens=16)
-    c.eval_every, c.checkpoint_every = 2, 2
-  if variant == "qwen3_8b_pod":
-    # The paper's recipe (digest §2.6, §4): 21 prompts x 10 rollout batches per update, LR 3e-4
-    # with 5% warmup, responses up to 2048 tokens, block 16; from an SFT drafter of
-    # configs/sft.py:qwen3_8b_pod. 16 chips: data=2 x fsdp=8.
-    c.model = "checkpoints/Qwen3-8B"
-    c.dtype = "bfloat16"
-    c.warmup = sft_config("qwen3_8b_pod")
-    c.data.update(skip=800_000, num_prompts=16_000, max_prompt_tokens=512)
-    c.rollout.update(batch_size=32, rollouts_per_update=10, max_new_tokens=2048)
-    c.train.update(steps=600, warmup_steps=30)
-    c.heldout.update(datasets=("humaneval", "mtbench", "sharegpt"), num_prompts=32,
-                     max_new_tokens=256)
-    c.mesh.update(data=-1, fsdp=8, tensor=1)
-    c.eval_every, c.log_every, c.checkpoint_every = 50, 1, 25
+  for variant in variants:
+    if variant in ABLATIONS:
+      for group, values in ABLATIONS[variant].items():
+        c[group].update(values)
+    if variant == "long":
+      c.rollout.max_new_tokens = 64
+      c.train.update(steps=600, warmup_steps=30)
+      c.eval_every, c.checkpoint_every = 50, 25
+      c.heldout.update(datasets=("humaneval", "mtbench", "sharegpt"), num_prompts=16)
+    if variant == "quick":
+      c.warmup = sft_config("quick")
+      c.data.update(num_prompts=8, max_prompt_tokens=96)
+      c.rollout.update(batch_size=2, max_new_tokens=12)
+      c.train.update(steps=4, warmup_steps=1)
+      c.heldout.update(datasets=("humaneval",), num_prompts=2, max_new_tokens=16)
+      c.eval_every, c.checkpoint_every = 2, 2
+    if variant == "qwen3_8b_pod":
+      # The paper's recipe (digest §2.6, §4): 21 prompts x 10 rollout batches per update, LR 3e-4
+      # with 5% warmup, responses up to 2048 tokens, block 16; from an SFT drafter of
+      # configs/sft.py:qwen3_8b_pod. 16 chips: data=2 x fsdp=8.
+      c.model = "checkpoints/Qwen3-8B"
+      c.dtype = "bfloat16"
+      c.warmup = sft_config("qwen3_8b_pod")
+      c.data.update(skip=800_000, num_prompts=16_000, max_prompt_tokens=512)
+      c.rollout.update(batch_size=32, rollouts_per_update=10, max_new_tokens=2048)
+      c.train.update(steps=600, warmup_steps=30)
+      c.heldout.update(datasets=("humaneval", "mtbench", "sharegpt"), num_prompts=32,
+                       max_new_tokens=256)
+      c.mesh.update(data=-1, fsdp=8, tensor=1)
+      c.eval_every, c.log_every, c.checkpoint_every = 50, 1, 25
+    if variant == "branch":
+      c.init_from = SFT_CONFIGS["PLATEAU_DRAFTER"]
+      c.train.update(SFT_CONFIGS["BRANCH_TRAIN"], flops_budget=SFT_CONFIGS["BRANCH_FLOPS"],
+                     steps=1_000_000)
+      c.heldout.update(SFT_CONFIGS["BRANCH_HELDOUT"])
+      c.eval_every_flops, c.checkpoint_every = SFT_CONFIGS["EVAL_FLOPS"], 20
+  if "branch" in variants and set(variants) & set(ABLATIONS):
+    c.train.flops_budget = SFT_CONFIGS["ABLATION_FLOPS"]
   return c

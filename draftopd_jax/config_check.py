@@ -43,6 +43,10 @@ RULES = (
     ("eval", "num_prompts", lambda v: v >= 1, "at least 1"),
     *((mode, key, lambda v: v >= 1, "at least 1") for mode in ("sft", "opd")
       for key in ("eval_every", "log_every", "checkpoint_every", "keep_checkpoints")),
+    *((mode, key, lambda v: v >= 0, "0 (off) or more") for mode in ("sft", "opd")
+      for key in ("train.flops_budget", "eval_every_flops", "data.skip")),
+    *((mode, "train.final_lr_fraction", lambda v: 0 <= v <= 1, "between 0 and 1")
+      for mode in ("sft", "opd")),
 )
 
 

@@ -39,7 +39,9 @@ def test_unknown_keys_and_bad_values_are_refused():
   with pytest.raises(UserError, match="unknown config key train.stpes for mode sft"):
     config_check.check(config)
   for key, value, words in (("steps", 0, "train.steps=0 must be at least 1"),
-                            ("batch_size", -2, "train.batch_size=-2")):
+                            ("batch_size", -2, "train.batch_size=-2"),
+                            ("flops_budget", -1.0, "flops_budget=-1.0 must be 0 \\(off\\) or more"),
+                            ("final_lr_fraction", 2.0, "final_lr_fraction=2.0 must be between")):
     with pytest.raises(UserError, match=words):
       config_check.check(sft_config(**{key: value}))
 

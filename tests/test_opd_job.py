@@ -9,20 +9,30 @@ import pytest
 
 from draftopd_jax.decoding.drafters import DFlashDrafter
 from draftopd_jax.io.drafter_checkpoint import load_drafter
+from draftopd_jax.training import trainer
 
 pytestmark = pytest.mark.slow
 
 
 def test_quick_opd_job(tmp_path, smollm):
+  """Also under a FLOPs budget that ends it before its 4 steps, evaluated every 0.2 TFLOP."""
+  budget, every = 0.4e12, 0.2e12
   result = subprocess.run([sys.executable, "-m", "draftopd_jax.main", "--config=configs/opd.py:quick",
-                           f"--workdir={tmp_path}"], capture_output=True, text=True, timeout=900)
+                           f"--workdir={tmp_path}", f"--config.train.flops_budget={budget}",
+                           f"--config.eval_every_flops={every}"],
+                          capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "held-out tau before:" in result.stdout and "held-out tau after:" in result.stdout
   drafter, _ = load_drafter(tmp_path / "drafter", smollm.cfg)
   assert isinstance(drafter, DFlashDrafter)
   records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
   steps = [r for r in records if "loss" in r]
-  assert [r["step"] for r in steps] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in steps)
+  assert [r["step"] for r in steps] == list(range(1, len(steps) + 1))
+  assert 2 <= len(steps) < 4 and all(np.isfinite(r["loss"]) for r in steps)
+  spent = [0.0] + [r["train_flops"] for r in steps]
+  assert spent[-2] < budget <= spent[-1]  # stopped at the first update that reached the budget
+  crossings = [s for s in range(1, len(steps)) if trainer.crossed(spent[s - 1], spent[s], every)]
+  assert [r["step"] for r in records if "heldout_tau" in r] == [0, *crossings, len(steps)]
   for r in steps:
     shares = r["share_accepted"] + r["share_first_rejected"] + r["share_rejected_suffix"]
     assert abs(shares - 1) < 1e-3 and r["replay_agreement"] > 0.9

@@ -128,3 +128,29 @@ def test_init_from_loads_a_saved_drafter(tmp_path):
   drafter, loaded = make_drafter(config, SimpleNamespace(cfg=CFG, tokenizer=None), examples=[])
   assert drafter == DFlashDrafter(cfg)
   jax.tree.map(np.testing.assert_array_equal, params, loaded)
+
+
+def test_flops_budgets_and_flops_spaced_evaluations():
+  assert trainer.budget_steps(1000, 0.0, 5.0) == 1000  # no budget
+  assert trainer.budget_steps(1000, 50.0, 5.0) == 10  # exactly reached at step 10
+  assert trainer.budget_steps(1000, 51.0, 5.0) == 11  # the first step that reaches it
+  assert trainer.budget_steps(7, 51.0, 5.0) == 7  # steps stay a cap
+  # Runs of different cost per step are evaluated at the same FLOPs: a run of 3 per step and
+  # one of 7 per step both evaluate at the first step past each multiple of 10.
+  for cost in (3.0, 7.0):
+    evals = [step for step in range(1, 20) if trainer.crossed((step - 1) * cost, step * cost, 10)]
+    assert [int(step * cost // 10) for step in evals] == list(range(1, len(evals) + 1))
+  assert not trainer.crossed(0.0, 100.0, 0.0)  # off
+
+
+def test_a_final_lr_fraction_of_one_is_a_constant_rate_after_warmup():
+
+  params = {"w": jnp.ones(3)}
+  optimizer = trainer.make_optimizer(1e-2, 2, 100, weight_decay=0.0, final_lr_fraction=1.0)
+  state = optimizer.init(params)
+  sizes = []
+  for _ in range(6):  # with constant gradients, Adam's step is the rate
+    updates, state = optimizer.update({"w": jnp.ones(3)}, state, params)
+    sizes.append(float(-updates["w"][0]))
+  np.testing.assert_allclose(sizes[2:], 1e-2, rtol=1e-4)
+  assert sizes[0] == 0.0 and 0 < sizes[1] < 1e-2

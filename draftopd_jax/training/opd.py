@@ -124,7 +124,7 @@ def run_opd(config, workdir: str | None) -> dict:
                            config.heldout.max_new_tokens, config.data.heldout_fraction)
 
   optimizer = trainer.make_optimizer(t.learning_rate, t.warmup_steps, t.steps, t.weight_decay,
-                                     t.grad_clip)
+                                     t.grad_clip, t.final_lr_fraction)
   eagle = isinstance(drafter, Eagle3Drafter)
   d2t = start_params["d2t"] if eagle else None
   step_fn = opd_step.opd_step_fn(drafter=drafter, target_cfg=model.cfg, optimizer=optimizer,
@@ -145,6 +145,11 @@ def run_opd(config, workdir: str | None) -> dict:
   rows = sharding.process_rows(mesh, config.sharding_rules, batch)  # this process's prompts
   used_flops = 0.0
 
+  def finished() -> bool:
+    # A FLOPs budget (matched-compute comparisons) ends the run at the first update that reaches
+    # it; the FLOPs of an update depend on how many verify passes its rollout took.
+    return int(state.step) >= t.steps or 0 < t.flops_budget <= used_flops
+
   def evaluate(step: int) -> dict:
     taus = heldout_tau(drafter, opd_step.full_params(drafter, state.params, d2t), target_params)
     writer.write(step, {**taus, "train_flops": used_flops})
@@ -159,9 +164,14 @@ def run_opd(config, workdir: str | None) -> dict:
     used_flops = max((rec.get("train_flops", 0.0) for rec in map(
         json.loads, (out / "metrics.jsonl").open())), default=0.0)
   print("held-out tau before: " + _format(before))
+  # Progress in updates, or in TFLOPs under a FLOPs budget (the number of updates is not known).
+  done = (lambda: used_flops / 1e12) if t.flops_budget else (lambda: int(state.step))
   with (PreemptionWatch() as preemption,
-        tqdm(total=t.steps, initial=int(state.step), desc="opd", unit="step") as bar):
-    while int(state.step) < t.steps:
+        tqdm(total=t.flops_budget / 1e12 if t.flops_budget else t.steps, initial=done(),
+             desc="opd", unit="TFLOP" if t.flops_budget else "step",
+             bar_format=("{l_bar}{bar}| {n:.1f}/{total:.1f} TFLOP [{elapsed}<{remaining}{postfix}]"
+                         if t.flops_budget else None)) as bar):
+    while not finished():
       step = int(state.step)
       batch_prompts = [pool[order(p // len(pool))[p % len(pool)]]
                        for p in range(position, position + batch)][rows]
@@ -176,6 +186,7 @@ def run_opd(config, workdir: str | None) -> dict:
       if not np.isfinite(loss):
         raise UserError(f"loss became {loss} at step {step}; the last good checkpoint is kept "
                         "(lower train.learning_rate)")
+      flops_before = used_flops
       step_flops = flops.opd(drafter.cfg, model.cfg, batch, width, seq_len,
                              int(metrics["rollout_steps"]) * r.rollouts_per_update, blocks,
                              target_pass=r.anchors == "random")
@@ -186,10 +197,12 @@ def run_opd(config, workdir: str | None) -> dict:
             "seconds_per_step": seconds, "train_flops": used_flops,
             **{f"flops_{k}": v for k, v in step_flops.items()}})
       bar.set_postfix(loss=f"{loss:.3f}", rollout_tau=f"{float(metrics['rollout_tau']):.2f}")
-      bar.update(1)
-      if int(state.step) % config.eval_every == 0 and int(state.step) < t.steps:
+      bar.update(done() - bar.n)
+      if not finished() and (trainer.crossed(flops_before, used_flops, config.eval_every_flops)
+                             if config.eval_every_flops else
+                             int(state.step) % config.eval_every == 0):
         bar.write(f"step {int(state.step)}: held-out tau " + _format(evaluate(int(state.step))))
-      if int(state.step) % config.checkpoint_every == 0 or int(state.step) == t.steps:
+      if int(state.step) % config.checkpoint_every == 0 or finished():
         checkpointer.save(state, position)
       if preemption.requested:
         checkpointer.save(state, position)

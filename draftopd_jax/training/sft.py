@@ -37,10 +37,10 @@ from draftopd_jax.training.metric_writer import MetricWriter
 
 def training_prompts(config, model: LoadedModel) -> list[list[int]]:
   d = config.data
-  texts = prompts.training_prompts(d.source, "train", d.num_prompts, d.heldout_fraction,
-                                   d.tfds_field, d.tfds_data_dir)
+  texts = prompts.training_prompts(d.source, "train", d.skip + d.num_prompts, d.heldout_fraction,
+                                   d.tfds_field, d.tfds_data_dir)[d.skip:]
   if not texts:
-    raise UserError(f"data.source={d.source!r} gave no training prompts")
+    raise UserError(f"data.source={d.source!r} gave no training prompts after skipping {d.skip}")
   encoded = encode_prompts(model, texts, chat_template=True)
   kept = [ids for ids in encoded if len(ids) <= d.max_prompt_tokens]
   if not kept:
@@ -150,7 +150,7 @@ def run_sft(config, workdir: str | None) -> dict:
                            config.heldout.max_new_tokens, config.data.heldout_fraction)
 
   optimizer = trainer.make_optimizer(t.learning_rate, t.warmup_steps, t.steps, t.weight_decay,
-                                     t.grad_clip)
+                                     t.grad_clip, t.final_lr_fraction)
   trainable, step_fn, full_params = training_step(config, drafter, params, model.cfg, optimizer)
   train_step, state, target_params = trainer.shard_step(
       step_fn, mesh, trainer.init_state(trainable, optimizer, t.seed), model.params,
@@ -165,19 +165,26 @@ def run_sft(config, workdir: str | None) -> dict:
                 flops.eagle3_train(drafter.cfg, model.cfg, t.batch_size, config.data.seq_len,
                                    t.ttt_steps))
   flops_per_step = sum(step_flops.values())
+  steps = trainer.budget_steps(t.steps, t.flops_budget, flops_per_step)
   # The data stream: a fixed permutation per epoch, addressed by the position in the stream;
   # each process batches only the rows its devices hold.
   order = lambda epoch: np.random.default_rng([t.seed, epoch]).permutation(len(examples))
   rows = sharding.process_rows(mesh, config.sharding_rules, t.batch_size)
 
+  def eval_due(step: int) -> bool:
+    if config.eval_every_flops:
+      return step == 0 or trainer.crossed((step - 1) * flops_per_step, step * flops_per_step,
+                                          config.eval_every_flops)
+    return step % config.eval_every == 0
+
   writer = MetricWriter(out, tensorboard=config.tensorboard, enabled=jax.process_index() == 0)
   best_file = out / "best.json"  # survives restarts, so a resumed run keeps the true best
   best = json.loads(best_file.read_text())["heldout_tau"] if best_file.is_file() else -1.0
   with (PreemptionWatch() as preemption,
-        tqdm(total=t.steps, initial=int(state.step), desc="sft", unit="step") as bar):
-    while int(state.step) < t.steps:
+        tqdm(total=steps, initial=int(state.step), desc="sft", unit="step") as bar):
+    while int(state.step) < steps:
       step = int(state.step)
-      if step % config.eval_every == 0:
+      if eval_due(step):
         taus = heldout_tau(drafter, full_params(state.params), target_params)
         tau = taus["heldout_tau"]
         writer.write(step, {**taus, "train_flops": step * flops_per_step})
@@ -211,7 +218,7 @@ def run_sft(config, workdir: str | None) -> dict:
             **{f"flops_{k}": v for k, v in step_flops.items()}})
       bar.set_postfix(loss=f"{loss:.3f}")
       bar.update(1)
-      if int(state.step) % config.checkpoint_every == 0 or int(state.step) == t.steps:
+      if int(state.step) % config.checkpoint_every == 0 or int(state.step) == steps:
         checkpointer.save(state, position)
       if preemption.requested:
         checkpointer.save(state, position)

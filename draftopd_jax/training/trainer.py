@@ -5,6 +5,7 @@ global-norm gradient clipping, gradients only for the drafter (the target is an 
 """
 
 import functools
+import math
 from collections.abc import Callable
 
 import flax
@@ -42,6 +43,18 @@ def make_optimizer(learning_rate: float, warmup_steps: int, total_steps: int,
       end_value=learning_rate * final_lr_fraction)
   return optax.chain(optax.clip_by_global_norm(grad_clip),
                      optax.adamw(schedule, weight_decay=weight_decay))
+
+
+def budget_steps(steps: int, flops_budget: float, flops_per_step: float) -> int:
+  """The steps a run of fixed cost per step takes: `steps`, or fewer when a FLOPs budget (> 0)
+  is reached first (at the first step that reaches it)."""
+  return min(steps, math.ceil(flops_budget / flops_per_step)) if flops_budget > 0 else steps
+
+
+def crossed(before: float, after: float, every: float) -> bool:
+  """Whether going from `before` to `after` (e.g. training FLOPs) passes a multiple of `every`;
+  runs evaluated this way meet at the same FLOPs whatever their cost per step."""
+  return every > 0 and after // every > before // every
 
 
 def init_state(params: dict, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
