@@ -17,6 +17,7 @@ Variants:
   configs/opd.py:branch        the paper-reproduction branch (docs/results.md): from the plateau
                                drafter, the same constant rate, FLOPs budget and held-out sets as
                                configs/sft.py:continue
+  configs/opd.py:eagle3_branch the same from the EAGLE-3 drafter of configs/sft.py:eagle3_sft
 Variants combine with commas, applied left to right: configs/opd.py:branch,all_forward is the
 all-forward ablation of the branch at the ablations' budget (configs/sft.py: ABLATION_FLOPS).
 
@@ -41,7 +42,7 @@ ABLATIONS = {
     "paper": dict(loss=dict(estimator="full", aggregation="mean_of_means"),
                   rollout=dict(include_correction=False)),
 }
-VARIANTS = ("default", "long", "quick", "qwen3_8b_pod", "branch", *ABLATIONS)
+VARIANTS = ("default", "long", "quick", "qwen3_8b_pod", "branch", "eagle3_branch", *ABLATIONS)
 
 
 SFT_CONFIGS = runpy.run_path(str(pathlib.Path(__file__).with_name("sft.py")))
@@ -135,12 +136,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                        max_new_tokens=256)
       c.mesh.update(data=-1, fsdp=8, tensor=1)
       c.eval_every, c.log_every, c.checkpoint_every = 50, 1, 25
-    if variant == "branch":
+    if variant in ("branch", "eagle3_branch"):
       c.init_from = SFT_CONFIGS["PLATEAU_DRAFTER"]
       c.train.update(SFT_CONFIGS["BRANCH_TRAIN"], flops_budget=SFT_CONFIGS["BRANCH_FLOPS"],
                      steps=1_000_000)
       c.heldout.update(SFT_CONFIGS["BRANCH_HELDOUT"])
       c.eval_every_flops, c.checkpoint_every = SFT_CONFIGS["EVAL_FLOPS"], 20
+    if variant == "eagle3_branch":
+      c.init_from = SFT_CONFIGS["EAGLE3_DRAFTER"]
+      c.train.flops_budget = SFT_CONFIGS["EAGLE3_BRANCH_FLOPS"]
   if "branch" in variants and set(variants) & set(ABLATIONS):
     c.train.flops_budget = SFT_CONFIGS["ABLATION_FLOPS"]
   return c

@@ -1,0 +1,176 @@
+"""Tables and plots of the paper-reproduction experiment from its runs' metrics.jsonl files.
+
+  python benchmarks/paper_results.py [--root runs/paper] [--out docs/results]
+
+Copies each run's metrics.jsonl to OUT/runs/NAME.jsonl (the committed raw metrics; with no ROOT,
+it rebuilds everything from those copies), then writes
+  OUT/tau_vs_flops.png   held-out tau against total training FLOPs: the SFT plateau run, then the
+                         three branches from its final drafter (mean over seeds, min-max band)
+  OUT/tables.md          final tau per branch and held-out set (mean, min-max over seeds); the
+                         ablations at their budget; steps, FLOPs and hours per run
+  OUT/summary.json       the same numbers
+Runs that have not started are left out; unfinished ones are marked.
+"""
+
+import argparse
+import json
+import pathlib
+import runpy
+import shutil
+import statistics
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SETS = ("humaneval", "mtbench", "sharegpt")
+BRANCHES = {"continue": "continue SFT (same data)", "opd_pool": "SFT on the OPD prompt pool",
+            "opd": "Draft-OPD"}
+SFT_CONFIGS = runpy.run_path(str(REPO / "configs" / "sft.py"))
+
+
+def read(path: pathlib.Path) -> list[dict]:
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def evaluations(records: list[dict]) -> list[dict]:
+  """Held-out evaluations in FLOPs order: {"flops", "mean", SET: tau...}."""
+  evals = [{"flops": r["train_flops"], "mean": r["heldout_tau"],
+            **{s: r[f"heldout_tau/{s}"] for s in SETS if f"heldout_tau/{s}" in r}}
+           for r in records if "heldout_tau" in r]
+  return sorted(evals, key=lambda e: e["flops"])
+
+
+def at_flops(evals: list[dict], flops: float) -> dict | None:
+  """The first evaluation at or past `flops` (FLOPs-spaced evaluations land just past each
+  multiple of the spacing)."""
+  return next((e for e in evals if e["flops"] >= flops), None)
+
+
+def spread(values: list[float]) -> str:
+  if len(values) == 1:
+    return f"{values[0]:.3f}"
+  return f"{statistics.mean(values):.3f} ({min(values):.3f}-{max(values):.3f}, n={len(values)})"
+
+
+def collect(root: pathlib.Path | None, out: pathlib.Path) -> dict[str, list[dict]]:
+  """{run name: metrics records}; OUT/runs/finished.json says which runs saved their drafter."""
+  raw = out / "runs"
+  raw.mkdir(parents=True, exist_ok=True)
+  if root is not None:
+    finished = {}
+    for metrics in sorted(root.glob("*/metrics.jsonl")):
+      shutil.copyfile(metrics, raw / f"{metrics.parent.name}.jsonl")
+      finished[metrics.parent.name] = (metrics.parent / "drafter" / "drafter.json").is_file()
+    (raw / "finished.json").write_text(json.dumps(finished, indent=1) + "\n")
+  return {p.stem: read(p) for p in sorted(raw.glob("*.jsonl"))}
+
+
+def finished(out: pathlib.Path, name: str) -> bool:
+  marker = out / "runs" / "finished.json"
+  return marker.is_file() and json.loads(marker.read_text()).get(name, False)
+
+
+def plot(runs: dict[str, list[dict]], out: pathlib.Path) -> None:
+  plateau = evaluations(runs["plateau"])
+  start = plateau[-1]["flops"]
+  fig, axes = plt.subplots(1, 4, figsize=(18, 4.2), sharex=True)
+  for ax, key in zip(axes, ("mean", *SETS)):
+    ax.plot([e["flops"] / 1e12 for e in plateau], [e.get(key) for e in plateau], "k-o",
+            markersize=3, label="SFT to the plateau")
+    for branch, label in BRANCHES.items():
+      seeds = [evaluations(r) for name, r in runs.items()
+               if name.rsplit("_s", 1)[0] == branch and name.rsplit("_s", 1)[-1].isdigit()]
+      if not seeds:
+        continue
+      # Evaluations are FLOPs-spaced, so the i-th evaluation of every seed is at about the same
+      # FLOPs; average over the seeds that got that far.
+      length = max(len(s) for s in seeds)
+      xs, mean, low, high = [], [], [], []
+      for i in range(length):
+        points = [s[i] for s in seeds if i < len(s)]
+        xs.append((start + statistics.mean(p["flops"] for p in points)) / 1e12)
+        values = [p[key] for p in points]
+        mean.append(statistics.mean(values))
+        low.append(min(values))
+        high.append(max(values))
+      line, = ax.plot(xs, mean, "-o", markersize=3, label=f"{label} ({len(seeds)} seeds)")
+      ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2)
+    ax.axvline(start / 1e12, color="gray", linestyle=":", linewidth=1)
+    ax.set(title=f"held-out tau: {key}", xlabel="total training FLOPs (TFLOP)")
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel("acceptance length tau")
+  axes[0].legend(fontsize=8)
+  fig.suptitle("SmolLM2-135M-Instruct target, 2-layer DFlash drafter (K=8): SFT plateau, then "
+               "three branches at matched extra FLOPs (dotted line: branch point)")
+  fig.tight_layout()
+  fig.savefig(out / "tau_vs_flops.png", dpi=110)
+  plt.close(fig)
+
+
+def tables(runs: dict[str, list[dict]], out: pathlib.Path) -> dict:
+  summary: dict = {"branch_flops": SFT_CONFIGS["BRANCH_FLOPS"],
+                   "ablation_flops": SFT_CONFIGS["ABLATION_FLOPS"], "branches": {},
+                   "ablations": {}, "runs": {}}
+  lines = [f"## Branches at {SFT_CONFIGS['BRANCH_FLOPS'] / 1e12:.0f} TFLOP of extra training",
+           "", "| branch | " + " | ".join((*SETS, "mean")) + " |", "|---" * (len(SETS) + 2) + "|"]
+  start = next((evaluations(r)[0] for n, r in runs.items() if n.startswith("opd_s")), None)
+  if start:
+    summary["branch_start"] = start
+    lines.append("| plateau drafter (branch start) | " + " | ".join(
+        f"{start[k]:.3f}" for k in (*SETS, "mean")) + " |")
+  for branch, label in BRANCHES.items():
+    finals = [evaluations(r)[-1] for name, r in runs.items()
+              if name.rsplit("_s", 1)[0] == branch and finished(out, name)]
+    if finals:
+      summary["branches"][branch] = finals
+      lines.append(f"| {label} | " + " | ".join(spread([f[k] for f in finals])
+                                                for k in (*SETS, "mean")) + " |")
+  ablation_rows = [("Draft-OPD (full)", at_flops(evaluations(runs["opd_s0"]),
+                                                 SFT_CONFIGS["ABLATION_FLOPS"]) if "opd_s0" in runs
+                    else None)]
+  ablation_rows += [(name.removeprefix("ablation_"), evaluations(r)[-1])
+                    for name, r in runs.items() if name.startswith("ablation_")
+                    and finished(out, name)]
+  lines += ["", f"## Ablations at {SFT_CONFIGS['ABLATION_FLOPS'] / 1e12:.0f} TFLOP (seed 0)", "",
+            "| variant | " + " | ".join((*SETS, "mean")) + " |", "|---" * (len(SETS) + 2) + "|"]
+  for label, e in ablation_rows:
+    if e:
+      summary["ablations"][label] = e
+      lines.append(f"| {label} | " + " | ".join(f"{e[k]:.3f}" for k in (*SETS, "mean")) + " |")
+  lines += ["", "## Runs", "", "| run | finished | steps | training TFLOP | hours of training steps |",
+            "|---|---|---|---|---|"]
+  for name, records in runs.items():
+    steps = [r for r in records if "loss" in r]
+    last = steps[-1]["step"] if steps else 0
+    # Logged steps sample the step time (SFT logs every 10th); held-out evaluations not included.
+    hours = statistics.mean(r["seconds_per_step"] for r in steps) * last / 3600 if steps else 0.0
+    info = {"finished": finished(out, name), "steps": last,
+            "tflops": max((r.get("train_flops", 0.0) for r in records), default=0.0) / 1e12,
+            "hours": hours}
+    summary["runs"][name] = info
+    lines.append(f"| {name} | {'yes' if info['finished'] else 'no'} | {info['steps']} | "
+                 f"{info['tflops']:.0f} | {info['hours']:.2f} |")
+  (out / "tables.md").write_text("\n".join(lines) + "\n")
+  (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+  return summary
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--root", type=pathlib.Path, default=REPO / "runs" / "paper")
+  parser.add_argument("--out", type=pathlib.Path, default=REPO / "docs" / "results")
+  args = parser.parse_args()
+  runs = collect(args.root if args.root.is_dir() else None, args.out)
+  if "plateau" not in runs:
+    raise SystemExit(f"no plateau run in {args.root} or {args.out / 'runs'}: run "
+                     "benchmarks/paper_experiment.py first")
+  plot(runs, args.out)
+  tables(runs, args.out)
+  print((args.out / "tables.md").read_text())
+
+
+if __name__ == "__main__":
+  main()
