@@ -8,7 +8,7 @@ with each drafter. Wall clock covers prefill and decode. Settings alternate prom
 per round are compared. Speculative outputs are checked to equal the autoregressive ones.
 
   python benchmarks/drafter_speedup.py --drafter sft=runs/paper/plateau/drafter \
-      --drafter opd=runs/paper/opd_s0/drafter [--prompts_per_set 4] [--runs 3]
+      --drafter opd=runs/paper/opd_s0/drafter [--prompts_per_set 2] [--new_tokens 64] [--runs 2]
 
 The last line printed is JSON.
 """
@@ -55,9 +55,9 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--drafter", action="append", default=[], metavar="NAME=DIR",
                       help="a drafter checkpoint to measure (repeatable)")
-  parser.add_argument("--prompts_per_set", type=int, default=4)
-  parser.add_argument("--new_tokens", type=int, default=128)
-  parser.add_argument("--runs", type=int, default=3)
+  parser.add_argument("--prompts_per_set", type=int, default=2)
+  parser.add_argument("--new_tokens", type=int, default=64)
+  parser.add_argument("--runs", type=int, default=2)
   args = parser.parse_args()
   if not args.drafter or any("=" not in d for d in args.drafter):
     parser.error("give at least one --drafter NAME=DIR")
