@@ -44,9 +44,16 @@ def evaluations(records: list[dict]) -> list[dict]:
 
 
 def at_flops(evals: list[dict], flops: float) -> dict | None:
-  """The first evaluation at or past `flops` (FLOPs-spaced evaluations land just past each
-  multiple of the spacing)."""
-  return next((e for e in evals if e["flops"] >= flops), None)
+  """The evaluation at `flops`: FLOPs-spaced evaluations land just past each multiple of the
+  spacing, so the first one in [flops, flops + spacing)."""
+  return next((e for e in evals if flops <= e["flops"] < flops + SFT_CONFIGS["EVAL_FLOPS"]),
+              None)
+
+
+def seed_runs(runs: dict[str, list[dict]], branch: str) -> dict[str, list[dict]]:
+  """The runs of `branch`, one per seed (named BRANCH_sSEED)."""
+  return {name: records for name, records in runs.items()
+          if name.rsplit("_s", 1)[0] == branch and name.rsplit("_s", 1)[-1].isdigit()}
 
 
 def spread(values: list[float]) -> str:
@@ -81,8 +88,7 @@ def plot(runs: dict[str, list[dict]], out: pathlib.Path) -> None:
     ax.plot([e["flops"] / 1e12 for e in plateau], [e.get(key) for e in plateau], "k-o",
             markersize=3, label="SFT to the plateau")
     for branch, label in BRANCHES.items():
-      seeds = [evaluations(r) for name, r in runs.items()
-               if name.rsplit("_s", 1)[0] == branch and name.rsplit("_s", 1)[-1].isdigit()]
+      seeds = [evaluations(r) for r in seed_runs(runs, branch).values()]
       if not seeds:
         continue
       # Evaluations are FLOPs-spaced, so the i-th evaluation of every seed is at about the same
@@ -96,7 +102,7 @@ def plot(runs: dict[str, list[dict]], out: pathlib.Path) -> None:
         mean.append(statistics.mean(values))
         low.append(min(values))
         high.append(max(values))
-      line, = ax.plot(xs, mean, "-o", markersize=3, label=f"{label} ({len(seeds)} seeds)")
+      line, = ax.plot(xs, mean, "-o", markersize=3, label=f"{label} ({len(seeds)} seed{'s' * (len(seeds) > 1)})")
       ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2)
     ax.axvline(start / 1e12, color="gray", linestyle=":", linewidth=1)
     ax.set(title=f"held-out tau: {key}", xlabel="total training FLOPs (TFLOP)")
@@ -122,12 +128,25 @@ def tables(runs: dict[str, list[dict]], out: pathlib.Path) -> dict:
     lines.append("| plateau drafter (branch start) | " + " | ".join(
         f"{start[k]:.3f}" for k in (*SETS, "mean")) + " |")
   for branch, label in BRANCHES.items():
-    finals = [evaluations(r)[-1] for name, r in runs.items()
-              if name.rsplit("_s", 1)[0] == branch and finished(out, name)]
+    finals = [evaluations(r)[-1] for name, r in seed_runs(runs, branch).items()
+              if finished(out, name)]
     if finals:
       summary["branches"][branch] = finals
       lines.append(f"| {label} | " + " | ".join(spread([f[k] for f in finals])
                                                 for k in (*SETS, "mean")) + " |")
+  every, budget = SFT_CONFIGS["EVAL_FLOPS"], SFT_CONFIGS["BRANCH_FLOPS"]
+  marks = [i * every for i in range(int(budget // every) + 1)]
+  lines += ["", "## Mean held-out tau by extra training FLOPs (all seeds that got there)", "",
+            "| branch | " + " | ".join(f"{m / 1e12:.0f} TFLOP" for m in marks) + " |",
+            "|---" * (len(marks) + 1) + "|"]
+  for branch, label in BRANCHES.items():
+    seeds = [evaluations(r) for r in seed_runs(runs, branch).values()]
+    if seeds:
+      cells = []
+      for m in marks:
+        reached = [e["mean"] for e in (at_flops(s, m) for s in seeds) if e]
+        cells.append(spread(reached) if reached else "-")
+      lines.append(f"| {label} | " + " | ".join(cells) + " |")
   ablation_rows = [("Draft-OPD (full)", at_flops(evaluations(runs["opd_s0"]),
                                                  SFT_CONFIGS["ABLATION_FLOPS"]) if "opd_s0" in runs
                     else None)]
