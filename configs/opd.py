@@ -146,5 +146,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       c.init_from = SFT_CONFIGS["EAGLE3_DRAFTER"]
       c.train.flops_budget = SFT_CONFIGS["EAGLE3_BRANCH_FLOPS"]
   if "branch" in variants and set(variants) & set(ABLATIONS):
-    c.train.flops_budget = SFT_CONFIGS["ABLATION_FLOPS"]
+    # The ablation table compares the drafters at the budget only: no evaluations on the way.
+    c.train.flops_budget = c.eval_every_flops = SFT_CONFIGS["ABLATION_FLOPS"]
   return c
