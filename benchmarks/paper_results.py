@@ -7,7 +7,8 @@ it rebuilds everything from those copies), then writes
   OUT/tau_vs_flops.png   held-out tau against total training FLOPs: the SFT plateau run, then the
                          three branches from its final drafter (mean over seeds, min-max band)
   OUT/tables.md          final tau per branch and held-out set (mean, min-max over seeds); the
-                         ablations at their budget; steps, FLOPs and hours per run
+                         ablations at their budget; EAGLE-3 SFT vs Draft-OPD; steps, FLOPs and
+                         hours per run
   OUT/summary.json       the same numbers
 Runs that have not started are left out; unfinished ones are marked.
 """
@@ -28,6 +29,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SETS = ("humaneval", "mtbench", "sharegpt")
 BRANCHES = {"continue": "continue SFT (same data)", "opd_pool": "SFT on the OPD prompt pool",
             "opd": "Draft-OPD"}
+EAGLE3_RUNS = {"eagle3_sft": "EAGLE-3 SFT (branch start)",
+               "eagle3_continue_s0": "EAGLE-3 continue SFT", "eagle3_opd_s0": "EAGLE-3 Draft-OPD"}
 SFT_CONFIGS = runpy.run_path(str(REPO / "configs" / "sft.py"))
 
 
@@ -119,7 +122,7 @@ def plot(runs: dict[str, list[dict]], out: pathlib.Path) -> None:
 def tables(runs: dict[str, list[dict]], out: pathlib.Path) -> dict:
   summary: dict = {"branch_flops": SFT_CONFIGS["BRANCH_FLOPS"],
                    "ablation_flops": SFT_CONFIGS["ABLATION_FLOPS"], "branches": {},
-                   "ablations": {}, "runs": {}}
+                   "ablations": {}, "eagle3": {}, "runs": {}}
   lines = [f"## Branches at {SFT_CONFIGS['BRANCH_FLOPS'] / 1e12:.0f} TFLOP of extra training",
            "", "| branch | " + " | ".join((*SETS, "mean")) + " |", "|---" * (len(SETS) + 2) + "|"]
   start = next((evaluations(r)[0] for n, r in runs.items() if n.startswith("opd_s")), None)
@@ -159,6 +162,20 @@ def tables(runs: dict[str, list[dict]], out: pathlib.Path) -> dict:
     if e:
       summary["ablations"][label] = e
       lines.append(f"| {label} | " + " | ".join(f"{e[k]:.3f}" for k in (*SETS, "mean")) + " |")
+  eagle3 = {label: evaluations(runs[name]) for name, label in EAGLE3_RUNS.items() if name in runs}
+  if eagle3:
+    every, budget = SFT_CONFIGS["EVAL_FLOPS"], SFT_CONFIGS["EAGLE3_BRANCH_FLOPS"]
+    marks = [i * every for i in range(int(budget // every) + 1)]
+    lines += ["", "## EAGLE-3: mean held-out tau by extra training FLOPs (seed 0)", "",
+              "| run | " + " | ".join(f"{m / 1e12:.0f} TFLOP" for m in marks) + " |",
+              "|---" * (len(marks) + 1) + "|"]
+    for label, evals in eagle3.items():
+      summary["eagle3"][label] = evals
+      if label == EAGLE3_RUNS["eagle3_sft"]:  # its own curve: the branch start is its last point
+        cells = [f"{evals[-1]['mean']:.3f}"] + ["-"] * (len(marks) - 1)
+      else:
+        cells = [f"{e['mean']:.3f}" if e else "-" for e in (at_flops(evals, m) for m in marks)]
+      lines.append(f"| {label} | " + " | ".join(cells) + " |")
   lines += ["", "## Runs", "", "| run | finished | steps | training TFLOP | hours of training steps |",
             "|---|---|---|---|---|"]
   for name, records in runs.items():

@@ -54,6 +54,8 @@ def test_results_tables_average_seeds_and_read_ablations_at_their_budget(tmp_pat
           "continue_s1": evals((0, 1.20), (60, 1.19), (150, 1.23)),
           "opd_s0": evals((0, 1.20), (31, 1.25), (61, 1.30), (152, 1.40)),
           "ablation_naive": evals((0, 1.20), (62, 1.22)),
+          "eagle3_sft": evals((0, 1.0), (170, 1.10)),
+          "eagle3_opd_s0": evals((0, 1.10), (30, 1.12), (60, 1.15)),
           "opd_pool_s0": evals((0, 1.20), (60, 1.18))}  # unfinished: no drafter saved
   for name, records in runs.items():
     (root / name).mkdir(parents=True)
@@ -73,6 +75,8 @@ def test_results_tables_average_seeds_and_read_ablations_at_their_budget(tmp_pat
   assert "| continue SFT (same data) | 1.210 (1.200-1.220, n=2) | 1.220 (1.210-1.230, n=2) |" \
       in tables
   assert "| opd_pool_s0 | no | 1 | 60 |" in tables
+  assert "| EAGLE-3 SFT (branch start) | 1.100 | - | - |" in tables
+  assert "| EAGLE-3 Draft-OPD | 1.100 | 1.120 | 1.150 |" in tables
   assert (out / "tau_vs_flops.png").stat().st_size > 10_000
   assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(
       [f"{n}.jsonl" for n in runs] + ["finished.json"])
