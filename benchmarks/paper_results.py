@@ -83,39 +83,52 @@ def finished(out: pathlib.Path, name: str) -> bool:
   return marker.is_file() and json.loads(marker.read_text()).get(name, False)
 
 
+def branch_curves(runs: dict[str, list[dict]], branch: str, key: str) -> tuple[list, ...]:
+  """(extra TFLOP, mean, min, max) over the seeds of `branch`: evaluations are FLOPs-spaced, so
+  the i-th evaluation of every seed is at about the same FLOPs; each point averages the seeds that
+  got that far."""
+  seeds = [evaluations(r) for r in seed_runs(runs, branch).values()]
+  curves: tuple[list, ...] = ([], [], [], [])
+  for i in range(max((len(s) for s in seeds), default=0)):
+    points = [s[i] for s in seeds if i < len(s)]
+    values = [p[key] for p in points]
+    for curve, value in zip(curves, (statistics.mean(p["flops"] for p in points) / 1e12,
+                                     statistics.mean(values), min(values), max(values))):
+      curve.append(value)
+  return curves
+
+
 def plot(runs: dict[str, list[dict]], out: pathlib.Path) -> None:
+  """Top row: the plateau run, then the branches; bottom row: the branches alone, zoomed."""
   plateau = evaluations(runs["plateau"])
-  start = plateau[-1]["flops"]
-  fig, axes = plt.subplots(1, 4, figsize=(18, 4.2), sharex=True)
-  for ax, key in zip(axes, ("mean", *SETS)):
-    ax.plot([e["flops"] / 1e12 for e in plateau], [e.get(key) for e in plateau], "k-o",
-            markersize=3, label="SFT to the plateau")
+  start = plateau[-1]["flops"] / 1e12
+  fig, axes = plt.subplots(2, 4, figsize=(18, 8))
+  for column, key in enumerate(("mean", *SETS)):
+    top, zoom = axes[0, column], axes[1, column]
+    top.plot([e["flops"] / 1e12 for e in plateau], [e.get(key) for e in plateau], "k-o",
+             markersize=3, label="SFT to the plateau")
     for branch, label in BRANCHES.items():
-      seeds = [evaluations(r) for r in seed_runs(runs, branch).values()]
+      seeds = len(seed_runs(runs, branch))
       if not seeds:
         continue
-      # Evaluations are FLOPs-spaced, so the i-th evaluation of every seed is at about the same
-      # FLOPs; average over the seeds that got that far.
-      length = max(len(s) for s in seeds)
-      xs, mean, low, high = [], [], [], []
-      for i in range(length):
-        points = [s[i] for s in seeds if i < len(s)]
-        xs.append((start + statistics.mean(p["flops"] for p in points)) / 1e12)
-        values = [p[key] for p in points]
-        mean.append(statistics.mean(values))
-        low.append(min(values))
-        high.append(max(values))
-      line, = ax.plot(xs, mean, "-o", markersize=3, label=f"{label} ({len(seeds)} seed{'s' * (len(seeds) > 1)})")
-      ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2)
-    ax.axvline(start / 1e12, color="gray", linestyle=":", linewidth=1)
-    ax.set(title=f"held-out tau: {key}", xlabel="total training FLOPs (TFLOP)")
-    ax.grid(alpha=0.3)
-  axes[0].set_ylabel("acceptance length tau")
-  axes[0].legend(fontsize=8)
+      xs, mean, low, high = branch_curves(runs, branch, key)
+      label = f"{label} ({seeds} seed{'s' * (seeds > 1)})"
+      line, = top.plot([start + x for x in xs], mean, "-o", markersize=3, label=label)
+      zoom.plot(xs, mean, "-o", markersize=4, color=line.get_color(), label=label)
+      zoom.fill_between(xs, low, high, color=line.get_color(), alpha=0.2)
+    top.axvline(start, color="gray", linestyle=":", linewidth=1)
+    top.set(title=f"held-out tau: {key}", xlabel="total training FLOPs (TFLOP)")
+    zoom.set(title=f"branches only: {key}", xlabel="extra training FLOPs after the plateau (TFLOP)")
+    for ax in (top, zoom):
+      ax.grid(alpha=0.3)
+  for ax in axes[:, 0]:
+    ax.set_ylabel("acceptance length tau")
+  axes[0, 0].legend(fontsize=8)
   fig.suptitle("SmolLM2-135M-Instruct target, 2-layer DFlash drafter (K=8): SFT plateau, then "
-               "three branches at matched extra FLOPs (dotted line: branch point)")
+               "three branches at matched extra FLOPs (dotted line: branch point; band: min-max "
+               "over seeds)")
   fig.tight_layout()
-  fig.savefig(out / "tau_vs_flops.png", dpi=110)
+  fig.savefig(out / "tau_vs_flops.png", dpi=100)
   plt.close(fig)
 
 
