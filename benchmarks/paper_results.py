@@ -108,7 +108,8 @@ def plot(runs: dict[str, list[dict]], out: pathlib.Path) -> None:
     top.plot([e["flops"] / 1e12 for e in plateau], [e.get(key) for e in plateau], "k-o",
              markersize=3, label="SFT to the plateau")
     for branch, label in BRANCHES.items():
-      seeds = len(seed_runs(runs, branch))
+      # Seeds counted once they are past their first evaluation (the shared starting point).
+      seeds = sum(len(evaluations(r)) > 1 for r in seed_runs(runs, branch).values())
       if not seeds:
         continue
       xs, mean, low, high = branch_curves(runs, branch, key)
