@@ -133,6 +133,18 @@ def plot(runs: dict[str, list[dict]], out: pathlib.Path) -> None:
   plt.close(fig)
 
 
+def flops_marks(budget: float) -> list[float]:
+  """The FLOPs at which runs of this budget are evaluated: 0 and every EVAL_FLOPS up to it."""
+  every = SFT_CONFIGS["EVAL_FLOPS"]
+  return [i * every for i in range(int(budget // every) + 1)]
+
+
+def by_flops_header(title: str, first_column: str, marks: list[float]) -> list[str]:
+  return ["", f"## {title}", "",
+          f"| {first_column} | " + " | ".join(f"{m / 1e12:.0f} TFLOP" for m in marks) + " |",
+          "|---" * (len(marks) + 1) + "|"]
+
+
 def tables(runs: dict[str, list[dict]], out: pathlib.Path) -> dict:
   summary: dict = {"branch_flops": SFT_CONFIGS["BRANCH_FLOPS"],
                    "ablation_flops": SFT_CONFIGS["ABLATION_FLOPS"], "branches": {},
@@ -151,11 +163,9 @@ def tables(runs: dict[str, list[dict]], out: pathlib.Path) -> dict:
       summary["branches"][branch] = finals
       lines.append(f"| {label} | " + " | ".join(spread([f[k] for f in finals])
                                                 for k in (*SETS, "mean")) + " |")
-  every, budget = SFT_CONFIGS["EVAL_FLOPS"], SFT_CONFIGS["BRANCH_FLOPS"]
-  marks = [i * every for i in range(int(budget // every) + 1)]
-  lines += ["", "## Mean held-out tau by extra training FLOPs (all seeds that got there)", "",
-            "| branch | " + " | ".join(f"{m / 1e12:.0f} TFLOP" for m in marks) + " |",
-            "|---" * (len(marks) + 1) + "|"]
+  marks = flops_marks(SFT_CONFIGS["BRANCH_FLOPS"])
+  lines += by_flops_header("Mean held-out tau by extra training FLOPs (all seeds that got there)",
+                           "branch", marks)
   for branch, label in BRANCHES.items():
     seeds = [evaluations(r) for r in seed_runs(runs, branch).values()]
     if seeds:
@@ -178,11 +188,9 @@ def tables(runs: dict[str, list[dict]], out: pathlib.Path) -> dict:
       lines.append(f"| {label} | " + " | ".join(f"{e[k]:.3f}" for k in (*SETS, "mean")) + " |")
   eagle3 = {label: evaluations(runs[name]) for name, label in EAGLE3_RUNS.items() if name in runs}
   if eagle3:
-    every, budget = SFT_CONFIGS["EVAL_FLOPS"], SFT_CONFIGS["EAGLE3_BRANCH_FLOPS"]
-    marks = [i * every for i in range(int(budget // every) + 1)]
-    lines += ["", "## EAGLE-3: mean held-out tau by extra training FLOPs (seed 0)", "",
-              "| run | " + " | ".join(f"{m / 1e12:.0f} TFLOP" for m in marks) + " |",
-              "|---" * (len(marks) + 1) + "|"]
+    marks = flops_marks(SFT_CONFIGS["EAGLE3_BRANCH_FLOPS"])
+    lines += by_flops_header("EAGLE-3: mean held-out tau by extra training FLOPs (seed 0)", "run",
+                             marks)
     for label, evals in eagle3.items():
       summary["eagle3"][label] = evals
       if label == EAGLE3_RUNS["eagle3_sft"]:  # its own curve: the branch start is its last point
