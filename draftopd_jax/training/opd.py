@@ -197,7 +197,7 @@ def run_opd(config, workdir: str | None) -> dict:
             "seconds_per_step": seconds, "train_flops": used_flops,
             **{f"flops_{k}": v for k, v in step_flops.items()}})
       bar.set_postfix(loss=f"{loss:.3f}", rollout_tau=f"{float(metrics['rollout_tau']):.2f}")
-      bar.update(done() - bar.n)
+      bar.update(min(done(), bar.total) - bar.n)  # the last update may overshoot the budget
       if not finished() and (trainer.crossed(flops_before, used_flops, config.eval_every_flops)
                              if config.eval_every_flops else
                              int(state.step) % config.eval_every == 0):
