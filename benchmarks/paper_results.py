@@ -202,7 +202,8 @@ def tables(runs: dict[str, list[dict]], out: pathlib.Path) -> dict:
             "|---|---|---|---|---|"]
   for name, records in runs.items():
     steps = [r for r in records if "loss" in r]
-    last = steps[-1]["step"] if steps else 0
+    # SFT logs every 10th step, but evaluations carry the step they ran after (the last one).
+    last = max((r["step"] for r in records), default=0)
     # Logged steps sample the step time (SFT logs every 10th); held-out evaluations not included.
     hours = statistics.mean(r["seconds_per_step"] for r in steps) * last / 3600 if steps else 0.0
     info = {"finished": finished(out, name), "steps": last,
