@@ -201,10 +201,10 @@ def tables(runs: dict[str, list[dict]], out: pathlib.Path) -> dict:
   lines += ["", "## Runs", "", "| run | finished | steps | training TFLOP | hours of training steps |",
             "|---|---|---|---|---|"]
   for name, records in runs.items():
+    # SFT logs every 10th step: the logged steps sample the step time, and the final evaluation's
+    # record carries the last step. Held-out evaluations are not counted in the hours.
     steps = [r for r in records if "loss" in r]
-    # SFT logs every 10th step, but evaluations carry the step they ran after (the last one).
     last = max((r["step"] for r in records), default=0)
-    # Logged steps sample the step time (SFT logs every 10th); held-out evaluations not included.
     hours = statistics.mean(r["seconds_per_step"] for r in steps) * last / 3600 if steps else 0.0
     info = {"finished": finished(out, name), "steps": last,
             "tflops": max((r.get("train_flops", 0.0) for r in records), default=0.0) / 1e12,
