@@ -18,8 +18,8 @@ Runs (configs/sft.py and configs/opd.py hold every setting):
   opd_sS             configs/opd.py:branch, branch 3 (seed S)
   ablation_A         configs/opd.py:branch,A for each ablation A (seed 0)
   eagle3_sft         configs/sft.py:eagle3_sft, 200 EAGLE-3 SFT steps (the smaller budget)
-  eagle3_continue_s0 configs/sft.py:eagle3_continue
-  eagle3_opd_s0      configs/opd.py:eagle3_branch
+  eagle3_continue_sS configs/sft.py:eagle3_continue, from eagle3_sft (seed S)
+  eagle3_opd_sS      configs/opd.py:eagle3_branch, from eagle3_sft (seed S)
 """
 
 import argparse
@@ -56,9 +56,11 @@ def experiment_runs() -> list[Run]:
              Run(f"opd_pool_s{seed}", "configs/sft.py:opd_pool", "plateau", seed),
              Run(f"opd_s{seed}", "configs/opd.py:branch", "plateau", seed)]
   runs += [Run(f"ablation_{a}", f"configs/opd.py:branch,{a}", "plateau") for a in ABLATIONS]
-  return runs + [Run("eagle3_sft", "configs/sft.py:eagle3_sft"),
-                 Run("eagle3_continue_s0", "configs/sft.py:eagle3_continue", "eagle3_sft"),
-                 Run("eagle3_opd_s0", "configs/opd.py:eagle3_branch", "eagle3_sft")]
+  runs.append(Run("eagle3_sft", "configs/sft.py:eagle3_sft"))
+  for seed in SEEDS:
+    runs += [Run(f"eagle3_continue_s{seed}", "configs/sft.py:eagle3_continue", "eagle3_sft", seed),
+             Run(f"eagle3_opd_s{seed}", "configs/opd.py:eagle3_branch", "eagle3_sft", seed)]
+  return runs
 
 
 def share_cached_responses(root: pathlib.Path, workdir: pathlib.Path) -> None:

@@ -29,8 +29,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SETS = ("humaneval", "mtbench", "sharegpt")
 BRANCHES = {"continue": "continue SFT (same data)", "opd_pool": "SFT on the OPD prompt pool",
             "opd": "Draft-OPD"}
-EAGLE3_RUNS = {"eagle3_sft": "EAGLE-3 SFT (branch start)",
-               "eagle3_continue_s0": "EAGLE-3 continue SFT", "eagle3_opd_s0": "EAGLE-3 Draft-OPD"}
+EAGLE3_BRANCHES = {"eagle3_continue": "EAGLE-3 continue SFT", "eagle3_opd": "EAGLE-3 Draft-OPD"}
 SFT_CONFIGS = runpy.run_path(str(REPO / "configs" / "sft.py"))
 
 
@@ -145,10 +144,25 @@ def by_flops_header(title: str, first_column: str, marks: list[float]) -> list[s
           "|---" * (len(marks) + 1) + "|"]
 
 
+def by_flops_rows(runs: dict[str, list[dict]], branches: dict[str, str],
+                  marks: list[float]) -> list[str]:
+  """A row per branch: mean held-out tau at each of `marks` over the seeds that got there."""
+  lines = []
+  for branch, label in branches.items():
+    seeds = [evaluations(r) for r in seed_runs(runs, branch).values()]
+    if seeds:
+      cells = []
+      for m in marks:
+        reached = [e["mean"] for e in (at_flops(s, m) for s in seeds) if e]
+        cells.append(spread(reached) if reached else "-")
+      lines.append(f"| {label} | " + " | ".join(cells) + " |")
+  return lines
+
+
 def tables(runs: dict[str, list[dict]], out: pathlib.Path) -> dict:
   summary: dict = {"branch_flops": SFT_CONFIGS["BRANCH_FLOPS"],
                    "ablation_flops": SFT_CONFIGS["ABLATION_FLOPS"], "branches": {},
-                   "ablations": {}, "eagle3": {}, "runs": {}}
+                   "ablations": {}, "runs": {}}
   lines = [f"## Branches at {SFT_CONFIGS['BRANCH_FLOPS'] / 1e12:.0f} TFLOP of extra training",
            "", "| branch | " + " | ".join((*SETS, "mean")) + " |", "|---" * (len(SETS) + 2) + "|"]
   start = next((evaluations(r)[0] for n, r in runs.items() if n.startswith("opd_s")), None)
@@ -166,14 +180,7 @@ def tables(runs: dict[str, list[dict]], out: pathlib.Path) -> dict:
   marks = flops_marks(SFT_CONFIGS["BRANCH_FLOPS"])
   lines += by_flops_header("Mean held-out tau by extra training FLOPs (all seeds that got there)",
                            "branch", marks)
-  for branch, label in BRANCHES.items():
-    seeds = [evaluations(r) for r in seed_runs(runs, branch).values()]
-    if seeds:
-      cells = []
-      for m in marks:
-        reached = [e["mean"] for e in (at_flops(s, m) for s in seeds) if e]
-        cells.append(spread(reached) if reached else "-")
-      lines.append(f"| {label} | " + " | ".join(cells) + " |")
+  lines += by_flops_rows(runs, BRANCHES, marks)
   ablation_rows = [("Draft-OPD (full)", at_flops(evaluations(runs["opd_s0"]),
                                                  SFT_CONFIGS["ABLATION_FLOPS"]) if "opd_s0" in runs
                     else None)]
@@ -186,18 +193,16 @@ def tables(runs: dict[str, list[dict]], out: pathlib.Path) -> dict:
     if e:
       summary["ablations"][label] = e
       lines.append(f"| {label} | " + " | ".join(f"{e[k]:.3f}" for k in (*SETS, "mean")) + " |")
-  eagle3 = {label: evaluations(runs[name]) for name, label in EAGLE3_RUNS.items() if name in runs}
-  if eagle3:
+  summary["eagle3"] = {name: evaluations(r) for name, r in runs.items() if name.startswith("eagle3")}
+  if "eagle3_sft" in runs:
     marks = flops_marks(SFT_CONFIGS["EAGLE3_BRANCH_FLOPS"])
-    lines += by_flops_header("EAGLE-3: mean held-out tau by extra training FLOPs (seed 0)", "run",
-                             marks)
-    for label, evals in eagle3.items():
-      summary["eagle3"][label] = evals
-      if label == EAGLE3_RUNS["eagle3_sft"]:  # its own curve: the branch start is its last point
-        cells = [f"{evals[-1]['mean']:.3f}"] + ["-"] * (len(marks) - 1)
-      else:
-        cells = [f"{e['mean']:.3f}" if e else "-" for e in (at_flops(evals, m) for m in marks)]
-      lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += by_flops_header("EAGLE-3: mean held-out tau by extra training FLOPs (all seeds that "
+                             "got there)", "run", marks)
+    # The SFT run has its own FLOPs axis: the branch start is its last evaluation.
+    start_tau = summary["eagle3"]["eagle3_sft"][-1]["mean"]
+    lines.append(" | ".join(["| EAGLE-3 SFT (branch start)", f"{start_tau:.3f}",
+                             *["-"] * (len(marks) - 1)]) + " |")
+    lines += by_flops_rows(runs, EAGLE3_BRANCHES, marks)
   lines += ["", "## Runs", "", "| run | finished | steps | training TFLOP | hours of training steps |",
             "|---|---|---|---|---|"]
   for name, records in runs.items():

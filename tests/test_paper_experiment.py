@@ -23,7 +23,7 @@ def test_runner_lists_every_run_from_the_right_drafter_and_refuses_a_missing_sta
   listed = run_script("benchmarks/paper_experiment.py", "--root", str(tmp_path), "--list")
   assert listed.returncode == 0, listed.stderr
   lines = listed.stdout.splitlines()
-  assert len(lines) == 1 + 3 * 2 + 5 + 3 and all(line.startswith("to run") for line in lines)
+  assert len(lines) == 1 + 3 * 2 + 5 + 1 + 2 * 2 and all(line.startswith("to run") for line in lines)
   opd_s1 = next(line for line in lines if f"--workdir={tmp_path}/opd_s1 " in line)
   assert ("--config=configs/opd.py:branch " in opd_s1 and "--config.train.seed=1" in opd_s1
           and f"--config.init_from={tmp_path}/plateau/drafter" in opd_s1)
@@ -56,6 +56,8 @@ def test_results_tables_average_seeds_and_read_ablations_at_their_budget(tmp_pat
           "ablation_naive": evals((0, 1.20), (62, 1.22)),
           "eagle3_sft": evals((0, 1.0), (170, 1.10)),
           "eagle3_opd_s0": evals((0, 1.10), (30, 1.12), (60, 1.15)),
+          "eagle3_opd_s1": evals((0, 1.10), (30, 1.14), (60, 1.17)),
+          "eagle3_continue_s0": evals((0, 1.10), (30, 1.11)),  # one evaluation short
           "opd_pool_s0": evals((0, 1.20), (60, 1.18))}  # unfinished: no drafter saved
   for name, records in runs.items():
     (root / name).mkdir(parents=True)
@@ -76,7 +78,9 @@ def test_results_tables_average_seeds_and_read_ablations_at_their_budget(tmp_pat
       in tables
   assert "| opd_pool_s0 | no | 1 | 60 |" in tables
   assert "| EAGLE-3 SFT (branch start) | 1.100 | - | - |" in tables
-  assert "| EAGLE-3 Draft-OPD | 1.100 | 1.120 | 1.150 |" in tables
+  assert ("| EAGLE-3 Draft-OPD | 1.100 (1.100-1.100, n=2) | 1.130 (1.120-1.140, n=2) | "
+          "1.160 (1.150-1.170, n=2) |") in tables
+  assert "| EAGLE-3 continue SFT | 1.100 | 1.110 | - |" in tables
   assert (out / "tau_vs_flops.png").stat().st_size > 10_000
   assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(
       [f"{n}.jsonl" for n in runs] + ["finished.json"])
