@@ -138,10 +138,27 @@ def flops_marks(budget: float) -> list[float]:
   return [i * every for i in range(int(budget // every) + 1)]
 
 
-def by_flops_header(title: str, first_column: str, marks: list[float]) -> list[str]:
-  return ["", f"## {title}", "",
-          f"| {first_column} | " + " | ".join(f"{m / 1e12:.0f} TFLOP" for m in marks) + " |",
-          "|---" * (len(marks) + 1) + "|"]
+def row(label: str, cells) -> str:
+  return f"| {label} | " + " | ".join(cells) + " |"
+
+
+def table_head(title: str, first_column: str, columns) -> list[str]:
+  return ["", f"## {title}", "", row(first_column, columns), "|---" * (len(columns) + 1) + "|"]
+
+
+def by_flops_head(title: str, first_column: str, marks: list[float]) -> list[str]:
+  return table_head(title, first_column, [f"{m / 1e12:.0f} TFLOP" for m in marks])
+
+
+def per_set(evals: list[dict]) -> list[str]:
+  """Cells per held-out set and their mean, over `evals` (one per seed)."""
+  return [spread([e[k] for e in evals]) for k in (*SETS, "mean")]
+
+
+def final_evaluations(runs: dict[str, list[dict]], out: pathlib.Path, branch: str) -> list[dict]:
+  """The last held-out evaluation of each finished seed of `branch`."""
+  return [evaluations(r)[-1] for name, r in seed_runs(runs, branch).items()
+          if finished(out, name)]
 
 
 def by_flops_rows(runs: dict[str, list[dict]], branches: dict[str, str],
@@ -155,7 +172,7 @@ def by_flops_rows(runs: dict[str, list[dict]], branches: dict[str, str],
       for m in marks:
         reached = [e["mean"] for e in (at_flops(s, m) for s in seeds) if e]
         cells.append(spread(reached) if reached else "-")
-      lines.append(f"| {label} | " + " | ".join(cells) + " |")
+      lines.append(row(label, cells))
   return lines
 
 
@@ -163,23 +180,19 @@ def tables(runs: dict[str, list[dict]], out: pathlib.Path) -> dict:
   summary: dict = {"branch_flops": SFT_CONFIGS["BRANCH_FLOPS"],
                    "ablation_flops": SFT_CONFIGS["ABLATION_FLOPS"], "branches": {},
                    "ablations": {}, "runs": {}}
-  lines = [f"## Branches at {SFT_CONFIGS['BRANCH_FLOPS'] / 1e12:.0f} TFLOP of extra training",
-           "", "| branch | " + " | ".join((*SETS, "mean")) + " |", "|---" * (len(SETS) + 2) + "|"]
+  lines = table_head(f"Branches at {SFT_CONFIGS['BRANCH_FLOPS'] / 1e12:.0f} TFLOP of extra "
+                     "training", "branch", (*SETS, "mean"))[1:]  # no blank line atop the file
   start = next((evaluations(r)[0] for n, r in runs.items() if n.startswith("opd_s")), None)
   if start:
     summary["branch_start"] = start
-    lines.append("| plateau drafter (branch start) | " + " | ".join(
-        f"{start[k]:.3f}" for k in (*SETS, "mean")) + " |")
+    lines.append(row("plateau drafter (branch start)", per_set([start])))
   for branch, label in BRANCHES.items():
-    finals = [evaluations(r)[-1] for name, r in seed_runs(runs, branch).items()
-              if finished(out, name)]
-    if finals:
+    if finals := final_evaluations(runs, out, branch):
       summary["branches"][branch] = finals
-      lines.append(f"| {label} | " + " | ".join(spread([f[k] for f in finals])
-                                                for k in (*SETS, "mean")) + " |")
+      lines.append(row(label, per_set(finals)))
   marks = flops_marks(SFT_CONFIGS["BRANCH_FLOPS"])
-  lines += by_flops_header("Mean held-out tau by extra training FLOPs (all seeds that got there)",
-                           "branch", marks)
+  lines += by_flops_head("Mean held-out tau by extra training FLOPs (all seeds that got there)",
+                         "branch", marks)
   lines += by_flops_rows(runs, BRANCHES, marks)
   ablation_rows = [("Draft-OPD (full)", at_flops(evaluations(runs["opd_s0"]),
                                                  SFT_CONFIGS["ABLATION_FLOPS"]) if "opd_s0" in runs
@@ -187,24 +200,32 @@ def tables(runs: dict[str, list[dict]], out: pathlib.Path) -> dict:
   ablation_rows += [(name.removeprefix("ablation_"), evaluations(r)[-1])
                     for name, r in runs.items() if name.startswith("ablation_")
                     and finished(out, name)]
-  lines += ["", f"## Ablations at {SFT_CONFIGS['ABLATION_FLOPS'] / 1e12:.0f} TFLOP (seed 0)", "",
-            "| variant | " + " | ".join((*SETS, "mean")) + " |", "|---" * (len(SETS) + 2) + "|"]
+  lines += table_head(f"Ablations at {SFT_CONFIGS['ABLATION_FLOPS'] / 1e12:.0f} TFLOP (seed 0)",
+                      "variant", (*SETS, "mean"))
   for label, e in ablation_rows:
     if e:
       summary["ablations"][label] = e
-      lines.append(f"| {label} | " + " | ".join(f"{e[k]:.3f}" for k in (*SETS, "mean")) + " |")
-  summary["eagle3"] = {name: evaluations(r) for name, r in runs.items() if name.startswith("eagle3")}
+      lines.append(row(label, per_set([e])))
+  summary["eagle3"] = {name: evaluations(r) for name, r in runs.items()
+                       if name.startswith("eagle3")}
   if "eagle3_sft" in runs:
-    marks = flops_marks(SFT_CONFIGS["EAGLE3_BRANCH_FLOPS"])
-    lines += by_flops_header("EAGLE-3: mean held-out tau by extra training FLOPs (all seeds that "
-                             "got there)", "run", marks)
+    budget = SFT_CONFIGS["EAGLE3_BRANCH_FLOPS"]
+    marks = flops_marks(budget)
+    lines += by_flops_head("EAGLE-3: mean held-out tau by extra training FLOPs (all seeds that "
+                           "got there)", "run", marks)
     # The SFT run has its own FLOPs axis: the branch start is its last evaluation.
-    start_tau = summary["eagle3"]["eagle3_sft"][-1]["mean"]
-    lines.append(" | ".join(["| EAGLE-3 SFT (branch start)", f"{start_tau:.3f}",
-                             *["-"] * (len(marks) - 1)]) + " |")
+    sft_end = summary["eagle3"]["eagle3_sft"][-1]
+    lines.append(row("EAGLE-3 SFT (branch start)",
+                     [f"{sft_end['mean']:.3f}", *["-"] * (len(marks) - 1)]))
     lines += by_flops_rows(runs, EAGLE3_BRANCHES, marks)
-  lines += ["", "## Runs", "", "| run | finished | steps | training TFLOP | hours of training steps |",
-            "|---|---|---|---|---|"]
+    lines += table_head(f"EAGLE-3 branches at {budget / 1e12:.0f} TFLOP of extra training",
+                        "run", (*SETS, "mean"))
+    lines.append(row("EAGLE-3 SFT (branch start)", per_set([sft_end])))
+    for branch, label in EAGLE3_BRANCHES.items():
+      if finals := final_evaluations(runs, out, branch):
+        lines.append(row(label, per_set(finals)))
+  lines += table_head("Runs", "run", ("finished", "steps", "training TFLOP",
+                                      "hours of training steps"))
   for name, records in runs.items():
     # SFT logs every 10th step: the logged steps sample the step time, and the final evaluation's
     # record carries the last step. Held-out evaluations are not counted in the hours.
@@ -215,8 +236,8 @@ def tables(runs: dict[str, list[dict]], out: pathlib.Path) -> dict:
             "tflops": max((r.get("train_flops", 0.0) for r in records), default=0.0) / 1e12,
             "hours": hours}
     summary["runs"][name] = info
-    lines.append(f"| {name} | {'yes' if info['finished'] else 'no'} | {info['steps']} | "
-                 f"{info['tflops']:.0f} | {info['hours']:.2f} |")
+    lines.append(row(name, ("yes" if info["finished"] else "no", str(info["steps"]),
+                            f"{info['tflops']:.0f}", f"{info['hours']:.2f}")))
   (out / "tables.md").write_text("\n".join(lines) + "\n")
   (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
   return summary

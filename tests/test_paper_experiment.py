@@ -23,7 +23,8 @@ def test_runner_lists_every_run_from_the_right_drafter_and_refuses_a_missing_sta
   listed = run_script("benchmarks/paper_experiment.py", "--root", str(tmp_path), "--list")
   assert listed.returncode == 0, listed.stderr
   lines = listed.stdout.splitlines()
-  assert len(lines) == 1 + 3 * 2 + 5 + 1 + 2 * 2 and all(line.startswith("to run") for line in lines)
+  assert len(lines) == 1 + 3 * 2 + 5 + 1 + 2 * 2
+  assert all(line.startswith("to run") for line in lines)
   opd_s1 = next(line for line in lines if f"--workdir={tmp_path}/opd_s1 " in line)
   assert ("--config=configs/opd.py:branch " in opd_s1 and "--config.train.seed=1" in opd_s1
           and f"--config.init_from={tmp_path}/plateau/drafter" in opd_s1)
