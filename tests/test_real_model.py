@@ -1,5 +1,7 @@
 """The real SmolLM2-135M-Instruct GGUF: ours vs transformers' own GGUF load of the same file."""
 
+import json
+import pathlib
 import re
 import shutil
 
@@ -13,7 +15,7 @@ from tokenizers import pre_tokenizers
 
 from conftest import sharegpt_conversations
 from draftopd_jax.decoding import generate
-from draftopd_jax.decoding.completions import pad_batch
+from draftopd_jax.decoding.completions import encode_prompts, pad_batch
 from draftopd_jax.io import load_model, zoo
 from draftopd_jax.models import KVCache, forward
 
@@ -131,6 +133,16 @@ def test_greedy_generation_matches_transformers_generate(smollm, hf_smollm):
       ref = hf_smollm.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids)),
                                max_new_tokens=64, do_sample=False)[0, len(ids):].tolist()
     assert got == ref
+
+
+def test_batched_chat_generation_equals_the_recorded_old_path(smollm):
+  """Token-for-token the output of the engine before its throughput rewrite (per-layer caches
+  in [B, Kv, S, H], unrolled layers), recorded in tests/data with the commit that produced it."""
+  golden = json.loads((pathlib.Path(__file__).parent / "data/greedy_batch_golden.json").read_text())
+  ids = encode_prompts(smollm, golden["prompts"], chat_template=True)
+  tokens, mask = pad_batch(ids, smollm.tokenizer.pad_id)
+  assert generate(smollm.cfg, smollm.params, tokens, mask, max_new_tokens=golden["max_new_tokens"],
+                  eos_ids=smollm.tokenizer.eos_ids) == golden["new_tokens"]
 
 
 def test_converted_params_are_cached_by_checksum(smollm_path, tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ layers for every verified position: what Draft-OPD trains on, without a second t
 """
 
 import functools
+import weakref
 from typing import Any
 
 import flax
@@ -26,6 +27,7 @@ from draftopd_jax.decoding.drafters import Autoregressive
 from draftopd_jax.decoding.sampling import SamplingConfig, sample
 from draftopd_jax.decoding.verify import verify
 from draftopd_jax.models import KVCache, ModelConfig, Params, forward
+from draftopd_jax.models.transformer import split_layers
 
 
 @flax.struct.dataclass
@@ -96,11 +98,12 @@ _STATICS = ("target_cfg", "drafter", "max_new_tokens", "sampling", "eos_ids", "v
 def prefill(target_cfg: ModelConfig, target_params: Params, drafter, drafter_params,
             prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, rng: jax.Array, *,
             max_new_tokens: int, sampling: SamplingConfig, eos_ids: tuple[int, ...],
-            record_verify_logprobs: bool = False, record_teacher: bool = False) -> DecodeState:
+            record_verify_logprobs: bool = False, record_teacher: bool = False,
+            target_layers: tuple | None = None) -> DecodeState:
   """Runs the prompts through the target, commits the first new token, primes the drafter.
   `record_verify_logprobs` keeps the verify passes' full log-prob rows in the trace and
   `record_teacher` the committed tokens' log-probs and the target's hidden states (both for
-  Draft-OPD; inference records neither)."""
+  Draft-OPD; inference records neither). `target_layers` as in `decode`."""
   b, p = prompt_BxP.shape
   k = drafter.block_size
   prompt_BxP, prompt_lens_B = left_align(prompt_BxP, prompt_mask_BxP)
@@ -108,7 +111,7 @@ def prefill(target_cfg: ModelConfig, target_params: Params, drafter, drafter_par
   max_len = p + max_new_tokens + k
   positions_BxP = jnp.broadcast_to(jnp.arange(p), (b, p))
   out = forward(target_cfg, target_params, prompt_BxP, positions_BxP,
-                KVCache.create(target_cfg, b, max_len), drafter.layer_ids)
+                KVCache.create(target_cfg, b, max_len), drafter.layer_ids, target_layers)
   last_logits_BxV = jnp.take_along_axis(out.logits_BxTxV, (prompt_lens_B - 1)[:, None, None],
                                         axis=1)[:, 0]
   rng, key = jax.random.split(rng)
@@ -133,8 +136,8 @@ def prefill(target_cfg: ModelConfig, target_params: Params, drafter, drafter_par
                      features_BxSxFxD=features_BxSxFxD)
 
 
-def _verify_step(target_cfg, target_params, drafter, drafter_params, s: DecodeState, *,
-                 max_new_tokens, sampling, eos_ids, verify_impl) -> DecodeState:
+def _verify_step(target_cfg, target_params, target_layers, drafter, drafter_params,
+                 s: DecodeState, *, max_new_tokens, sampling, eos_ids, verify_impl) -> DecodeState:
   k = drafter.block_size
   b = s.tokens_BxS.shape[0]
   target = (target_cfg, target_params)
@@ -144,7 +147,8 @@ def _verify_step(target_cfg, target_params, drafter, drafter_params, s: DecodeSt
                                                   s.tokens_BxS, anchor_pos_B)
   block_BxK = jnp.concatenate([anchor_B[:, None], proposals_BxK1], axis=1)
   positions_BxK = anchor_pos_B[:, None] + jnp.arange(k)
-  out = forward(target_cfg, target_params, block_BxK, positions_BxK, s.cache, drafter.layer_ids)
+  out = forward(target_cfg, target_params, block_BxK, positions_BxK, s.cache, drafter.layer_ids,
+                target_layers)
   rng, key = jax.random.split(s.rng)
   seed = jax.lax.bitcast_convert_type(jax.random.bits(key, dtype=jnp.uint32), jnp.int32)
   verdict = verify(out.logits_BxTxV, proposals_BxK1, seed, sampling, verify_impl)
@@ -194,13 +198,36 @@ def _verify_step(target_cfg, target_params, drafter, drafter_params, s: DecodeSt
                      step=s.step + 1, trace=trace, features_BxSxFxD=features_BxSxFxD)
 
 
+_split_layers = jax.jit(split_layers, static_argnums=1)
+_LAYERS_BY_PARAMS: dict[int, tuple] = {}
+
+
+def layer_params(target_cfg: ModelConfig, target_params: Params) -> tuple:
+  """The target's per-layer weights (`split_layers`), made once per parameter tree and kept as
+  long as it lives, for loops that call `decode` repeatedly. This copy doubles the target's
+  layer weights in memory, the price of decoding steps that do not slice them again."""
+  leaf = jax.tree.leaves(target_params["layers"])[0]
+  key = id(leaf)
+  if key not in _LAYERS_BY_PARAMS:
+    _LAYERS_BY_PARAMS[key] = _split_layers(target_params["layers"], target_cfg.num_layers)
+    weakref.finalize(leaf, _LAYERS_BY_PARAMS.pop, key, None)
+  return _LAYERS_BY_PARAMS[key]
+
+
 @functools.partial(jax.jit, static_argnames=_STATICS, donate_argnames=("state",))
 def decode(target_cfg: ModelConfig, target_params: Params, drafter, drafter_params,
            state: DecodeState, stop_step: jax.Array, *, max_new_tokens: int,
-           sampling: SamplingConfig, eos_ids: tuple[int, ...], verify_impl: str = "auto"
-           ) -> DecodeState:
-  """Runs verify steps until every sequence is done or `state.step` reaches `stop_step`."""
-  body = functools.partial(_verify_step, target_cfg, target_params, drafter, drafter_params,
+           sampling: SamplingConfig, eos_ids: tuple[int, ...], verify_impl: str = "auto",
+           target_layers: tuple | None = None) -> DecodeState:
+  """Runs verify steps until every sequence is done or `state.step` reaches `stop_step`.
+
+  `target_layers` (`layer_params`) saves slicing the target's layers on every call; without it
+  they are sliced once here, before the loop, not per step.
+  """
+  if target_layers is None:
+    target_layers = split_layers(target_params["layers"], target_cfg.num_layers)
+  body = functools.partial(_verify_step, target_cfg, target_params, target_layers, drafter,
+                           drafter_params,
                            max_new_tokens=max_new_tokens, sampling=sampling, eos_ids=eos_ids,
                            verify_impl=verify_impl)
   return jax.lax.while_loop(lambda s: ~jnp.all(s.done_B) & (s.step < stop_step), body, state)
@@ -220,14 +247,15 @@ def run(target_cfg: ModelConfig, target_params: Params, prompt_BxP: np.ndarray,
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
   drafter = drafter or Autoregressive()
   statics = dict(max_new_tokens=max_new_tokens, sampling=sampling, eos_ids=tuple(eos_ids))
+  target_layers = layer_params(target_cfg, target_params)
   state = prefill(target_cfg, target_params, drafter, drafter_params,
                   jnp.asarray(prompt_BxP, jnp.int32), jnp.asarray(prompt_mask_BxP, bool),
-                  jax.random.key(seed), **statics)
+                  jax.random.key(seed), target_layers=target_layers, **statics)
   chunk = chunk or (16 if progress is not None else max_new_tokens)
   reported = 0
   while True:
     state = decode(target_cfg, target_params, drafter, drafter_params, state, state.step + chunk,
-                   verify_impl=verify_impl, **statics)
+                   verify_impl=verify_impl, target_layers=target_layers, **statics)
     if progress is not None:
       committed = int(jnp.sum(state.lengths_B - state.prompt_lens_B))
       progress.update(committed - reported)

@@ -65,12 +65,14 @@ def timed_decode(model: LoadedModel, tokens, mask, drafter, params, max_new_toke
                  ) -> tuple[float, int, engine.DecodeState]:
   """(decode seconds, tokens generated after the prefill's first, final state) of one batch."""
   statics = dict(max_new_tokens=max_new_tokens, sampling=SamplingConfig(), eos_ids=eos_ids)
+  target_layers = engine.layer_params(model.cfg, model.params)
   state = engine.prefill(model.cfg, model.params, drafter, params, tokens, mask,
-                         jax.random.key(0), **statics)
-  jax.block_until_ready(state)
+                         jax.random.key(0), target_layers=target_layers, **statics)
+  jax.block_until_ready((state, target_layers))
   start = time.perf_counter()
   state = engine.decode(model.cfg, model.params, drafter, params, state,
-                        jnp.int32(max_new_tokens), verify_impl=verify_impl, **statics)
+                        jnp.int32(max_new_tokens), verify_impl=verify_impl,
+                        target_layers=target_layers, **statics)
   jax.block_until_ready(state)
   generated = int(jnp.sum(state.lengths_B - state.prompt_lens_B)) - len(state.lengths_B)
   return time.perf_counter() - start, generated, state

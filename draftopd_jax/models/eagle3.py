@@ -89,13 +89,13 @@ class Eagle3(nnx.Module):
 
 @flax.struct.dataclass
 class Eagle3Cache:
-  k_BxSxKxH: jax.Array
-  v_BxSxKxH: jax.Array
+  k_BxKxSxH: jax.Array
+  v_BxKxSxH: jax.Array
 
   @classmethod
   def create(cls, cfg: Eagle3Config, batch: int, max_len: int) -> "Eagle3Cache":
     c = cfg.layer
-    shape = (batch, max_len, c.num_kv_heads, c.head_dim)
+    shape = (batch, c.num_kv_heads, max_len, c.head_dim)
     return cls(jnp.zeros(shape, c.jnp_dtype), jnp.zeros(shape, c.jnp_dtype))
 
 
@@ -133,8 +133,8 @@ def step(cfg: Eagle3Config, params: dict, target_cfg: ModelConfig, target_params
          cache: Eagle3Cache) -> tuple[jax.Array, jax.Array, Eagle3Cache]:
   """One drafter pass: (hidden_BxTxD, draft logits_BxTxVd, cache). `tokens` are the t+1 tokens."""
   embedded = transformer.bind(target_cfg, target_params).embed(tokens_BxT)
-  hidden, logits, k, v = bind(cfg, params)(embedded, feature_BxTxD, positions_BxT, cache.k_BxSxKxH,
-                                           cache.v_BxSxKxH)
+  hidden, logits, k, v = bind(cfg, params)(embedded, feature_BxTxD, positions_BxT, cache.k_BxKxSxH,
+                                           cache.v_BxKxSxH)
   return hidden, logits, Eagle3Cache(k, v)
 
 

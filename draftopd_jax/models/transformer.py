@@ -2,8 +2,8 @@
 
 `Transformer` is a Flax NNX module; everything outside this file uses it through `forward(cfg,
 params, ...)`, where `params` is a plain nested dict of arrays (`nnx.to_pure_dict` of the module
-state). Layers are stacked on a leading axis and run with `jax.lax.scan`, so compile time does not
-grow with depth. One forward serves prefill, cached decoding and multi-token verification.
+state). Layer weights are stored stacked on a leading axis (one tree for checkpoints and sharding
+rules) and run unrolled. One forward serves prefill, cached decoding and multi-token verification.
 """
 
 import functools
@@ -22,19 +22,25 @@ Params = dict
 
 @flax.struct.dataclass
 class KVCache:
-  """Keys and values of every layer; slot `p` of a sequence holds the token at position `p`."""
+  """Keys and values, one [B, Kv, S, H] array per layer; slot `p` of a sequence holds the token
+  at position `p`.
 
-  k_LxBxSxKxH: jax.Array
-  v_LxBxSxKxH: jax.Array
+  Separate per-layer buffers (not one stacked [L, ...] array) let a decoding loop update each in
+  place: slicing a layer out of a stacked cache inside the loop copies it on every step.
+  """
+
+  k_BxKxSxH: tuple[jax.Array, ...]
+  v_BxKxSxH: tuple[jax.Array, ...]
 
   @classmethod
   def create(cls, cfg: ModelConfig, batch: int, max_len: int) -> "KVCache":
-    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
-    return cls(jnp.zeros(shape, cfg.jnp_dtype), jnp.zeros(shape, cfg.jnp_dtype))
+    shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+    zeros = lambda: tuple(jnp.zeros(shape, cfg.jnp_dtype) for _ in range(cfg.num_layers))
+    return cls(zeros(), zeros())
 
   @property
   def max_len(self) -> int:
-    return self.k_LxBxSxKxH.shape[2]
+    return self.k_BxKxSxH[0].shape[2]
 
 
 @flax.struct.dataclass
@@ -64,29 +70,28 @@ class Transformer(nnx.Module):
     self.cfg = cfg
 
   def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache: KVCache,
-               layer_ids: tuple[int, ...] = ()) -> ForwardOutput:
+               layer_ids: tuple[int, ...] = (), layer_params: tuple | None = None
+               ) -> ForwardOutput:
     cfg = self.cfg
     x_BxTxD = self.embed(tokens_BxT)
     rope = inverse_frequencies(cfg)
-    layer_graph, layer_state = nnx.split(self.layers)
-    ids_F = jnp.asarray(layer_ids, jnp.int32)
-    hidden_FxBxTxD = jnp.zeros((len(layer_ids),) + x_BxTxD.shape, x_BxTxD.dtype)
-
-    def one_layer(carry, per_layer):
-      x_BxTxD, hidden_FxBxTxD = carry
-      state, k_cache, v_cache, index = per_layer
-      x_BxTxD, k_cache, v_cache = nnx.merge(layer_graph, state)(x_BxTxD, positions_BxT, k_cache,
-                                                                 v_cache, rope)
-      keep_F = ids_F == index
-      hidden_FxBxTxD = jnp.where(keep_F[:, None, None, None], x_BxTxD[None], hidden_FxBxTxD)
-      return (x_BxTxD, hidden_FxBxTxD), (k_cache, v_cache)
-
-    (x_BxTxD, hidden_FxBxTxD), (k_cache, v_cache) = jax.lax.scan(
-        one_layer, (x_BxTxD, hidden_FxBxTxD),
-        (layer_state, cache.k_LxBxSxKxH, cache.v_LxBxSxKxH, jnp.arange(cfg.num_layers)))
-
-    return ForwardOutput(logits_BxTxV=self.logits(x_BxTxD), cache=KVCache(k_cache, v_cache),
-                         hidden_BxTxFxD=jnp.moveaxis(hidden_FxBxTxD, 0, 2))
+    layer_graph, stacked_state = nnx.split(self.layers)
+    if layer_params is None:
+      layer_params = split_layers(stacked_state, cfg.num_layers)
+    # The layers are unrolled rather than scanned: a scan slices each layer's weights and cache
+    # out of stacked arrays on every call, which inside a decoding loop is a copy of all weights
+    # and the whole cache per generated token.
+    keys, values, hidden = [], [], {}
+    for i in range(cfg.num_layers):
+      x_BxTxD, k_cache, v_cache = nnx.merge(layer_graph, layer_params[i])(
+          x_BxTxD, positions_BxT, cache.k_BxKxSxH[i], cache.v_BxKxSxH[i], rope)
+      keys.append(k_cache)
+      values.append(v_cache)
+      hidden[i] = x_BxTxD
+    hidden_BxTxFxD = (jnp.stack([hidden[i] for i in layer_ids], axis=2) if layer_ids else
+                      jnp.zeros(x_BxTxD.shape[:2] + (0, x_BxTxD.shape[2]), x_BxTxD.dtype))
+    return ForwardOutput(logits_BxTxV=self.logits(x_BxTxD),
+                         cache=KVCache(tuple(keys), tuple(values)), hidden_BxTxFxD=hidden_BxTxFxD)
 
   def logits(self, x_BxTxD: jax.Array) -> jax.Array:
     """Final norm and LM head (fp32 logits); the DFlash drafter reuses them as they are."""
@@ -116,14 +121,22 @@ def param_shapes(cfg: ModelConfig) -> Params:
   return nnx.to_pure_dict(_abstract_state(cfg)[1])
 
 
+def split_layers(stacked_layers, num_layers: int) -> tuple:
+  """Per-layer parameter trees out of the stacked ones (`params["layers"]`)."""
+  return tuple(jax.tree.map(lambda a: a[i], stacked_layers) for i in range(num_layers))
+
+
 def forward(cfg: ModelConfig, params: Params, tokens_BxT: jax.Array, positions_BxT: jax.Array,
-            cache: KVCache, layer_ids: tuple[int, ...] = ()) -> ForwardOutput:
+            cache: KVCache, layer_ids: tuple[int, ...] = (), layer_params: tuple | None = None
+            ) -> ForwardOutput:
   """Runs the decoder on `tokens_BxT` at `positions_BxT`, writing their K/V into `cache`.
 
   Prefill, one-token decoding and K-token verification are the same call with T = prompt length,
-  1 and K. Each query attends to the cache slots at or before its own position.
+  1 and K. Each query attends to the cache slots at or before its own position. A loop that calls
+  this many times passes `layer_params = split_layers(params["layers"], L)`, made once outside
+  the loop, so the per-layer weights are not sliced out again on every call.
   """
   for i in layer_ids:
     if not 0 <= i < cfg.num_layers:
       raise ValueError(f"layer id {i} out of range for a {cfg.num_layers}-layer model")
-  return bind(cfg, params)(tokens_BxT, positions_BxT, cache, tuple(layer_ids))
+  return bind(cfg, params)(tokens_BxT, positions_BxT, cache, tuple(layer_ids), layer_params)
