@@ -47,6 +47,12 @@ def run_generate(config, workdir: str | None) -> None:
         f.write(json.dumps({"prompt": prompt, "completion": completion}) + "\n")
 
 
+def run_corpus(config, workdir: str | None) -> None:
+  from draftopd_jax.data.regeneration import run_corpus as build
+
+  build(config, workdir)
+
+
 def run_eval(config, workdir: str | None) -> None:
   from draftopd_jax.evaluation.run import run_eval as evaluate
 
@@ -71,7 +77,7 @@ def run_export(config, workdir: str | None) -> None:
   export(config, workdir)
 
 
-MODES = {"generate": run_generate, "eval": run_eval, "sft": run_sft, "opd": run_opd,
+MODES = {"generate": run_generate, "corpus": run_corpus, "eval": run_eval, "sft": run_sft, "opd": run_opd,
          "export": run_export}
 
 

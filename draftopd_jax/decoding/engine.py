@@ -111,9 +111,9 @@ def prefill(target_cfg: ModelConfig, target_params: Params, drafter, drafter_par
   max_len = p + max_new_tokens + k
   positions_BxP = jnp.broadcast_to(jnp.arange(p), (b, p))
   out = forward(target_cfg, target_params, prompt_BxP, positions_BxP,
-                KVCache.create(target_cfg, b, max_len), drafter.layer_ids, target_layers)
-  last_logits_BxV = jnp.take_along_axis(out.logits_BxTxV, (prompt_lens_B - 1)[:, None, None],
-                                        axis=1)[:, 0]
+                KVCache.create(target_cfg, b, max_len), drafter.layer_ids, target_layers,
+                logits_at_BxL=(prompt_lens_B - 1)[:, None])
+  last_logits_BxV = out.logits_BxTxV[:, 0]
   rng, key = jax.random.split(rng)
   first_B = sample(last_logits_BxV, key, sampling)
   tokens_BxS = jnp.zeros((b, max_len), jnp.int32).at[:, :p].set(prompt_BxP)

@@ -122,7 +122,9 @@ def export_drafter(directory: str | pathlib.Path, fmt: str, drafter, params: dic
   ids = list(cfg.target_layer_ids)
   if isinstance(drafter, DFlashDrafter):
     tensors = _dflash_tensors(params)
-    tensors["norm.weight"] = np.asarray(target_params["final_norm"]["scale"], np.float32)
+    # The reference format always carries a drafter norm: ours, or a copy of the target's.
+    norm = params["final_norm"] if cfg.own_final_norm else target_params["final_norm"]
+    tensors["norm.weight"] = np.asarray(norm["scale"], np.float32)
     layer = _layer_config(cfg.layer, cfg.num_layers, "qwen3")
     if fmt == "eagle3":
       raise UserError("a DFlash drafter exports to the dflash or speculators format, not eagle3")
@@ -224,14 +226,13 @@ def _import_dflash(config, layer, tensors, speculators, target_cfg, target_param
   else:
     ids, mask = config["dflash_config"]["target_layer_ids"], config["dflash_config"]["mask_token_id"]
     block_size = config.get("block_size") or config["dflash_config"]["block_size"]
-  if not np.array_equal(tensors["norm.weight"], np.asarray(target_params["final_norm"]["scale"],
-                                                           np.float32)):
-    raise UserError("this DFlash drafter has its own final norm; ours reuses the target's, so it "
-                    "cannot be imported")
+  # A norm equal to the target's is the target's (drafters made without their own norm).
+  own_norm = not np.array_equal(tensors["norm.weight"],
+                                np.asarray(target_params["final_norm"]["scale"], np.float32))
   try:
     cfg = dflash.DFlashConfig.for_target(target_cfg, num_layers=layer["num_hidden_layers"],
                                          block_size=block_size, mask_token_id=mask,
-                                         target_layer_ids=tuple(ids))
+                                         target_layer_ids=tuple(ids), own_final_norm=own_norm)
   except ValueError as e:
     raise UserError(str(e)) from None
   like = dflash.init_params(cfg)
@@ -254,6 +255,8 @@ def _import_dflash(config, layer, tensors, speculators, target_cfg, target_param
                                                          "k_norm")},
                        **{n: {"kernel": stack(n)} for n in "qkvo"},
                        "mlp": {n: {"kernel": stack(n)} for n in ("gate", "up", "down")}}}
+  if own_norm:
+    params["final_norm"] = {"scale": tensors["norm.weight"]}
   _check_shapes(params, like)
   return DFlashDrafter(cfg), params
 

@@ -4,7 +4,8 @@ The block input is the target's embedding of [anchor, MASK x (K-1)] at positions
 Target hidden states from F layers are fused, `context = norm(fc(concat(features)))`, and enter
 every drafter layer only as extra keys/values (each layer projects them with its own K/V weights).
 A block sees the context strictly before its anchor and, bidirectionally, its own slots; output
-goes through the target's final norm and LM head (shared, frozen, never copied).
+goes through the drafter's own final norm (as in the reference; older drafters use the target's)
+and the target's LM head (shared, frozen, never copied).
 
 `block_logits` serves inference (one block per sequence) and training (many blocks per sequence,
 each with its own anchor) alike.
@@ -41,14 +42,19 @@ class DFlashConfig:
   target_layer_ids: tuple[int, ...]
   mask_token_id: int
   layer: ModelConfig  # per-layer shapes (Qwen3-style: q/k norm), hidden size = target's
+  # The reference drafter normalises its output with its own trainable RMSNorm before the
+  # target's LM head; drafters saved before this option reused the target's frozen final norm.
+  own_final_norm: bool = False
 
   @classmethod
   def for_target(cls, target: ModelConfig, *, num_layers: int = 2, block_size: int = 8,
-                 mask_token_id: int, target_layer_ids: tuple[int, ...] | None = None
-                 ) -> "DFlashConfig":
+                 mask_token_id: int, target_layer_ids: tuple[int, ...] | None = None,
+                 num_taps: int | None = None, own_final_norm: bool = True) -> "DFlashConfig":
+    """`target_layer_ids`, or `num_taps` layers by the reference spacing (default: as many taps
+    as drafter layers)."""
     if block_size < 2:
       raise ValueError(f"block_size must be >= 2 (anchor + proposals), got {block_size}")
-    ids = tuple(target_layer_ids or default_layer_ids(target.num_layers, num_layers))
+    ids = tuple(target_layer_ids or default_layer_ids(target.num_layers, num_taps or num_layers))
     check_layer_ids(ids, target.num_layers)
     if not 0 <= mask_token_id < target.vocab_size:
       raise ValueError(f"mask_token_id {mask_token_id} is not a token id of the target "
@@ -56,18 +62,19 @@ class DFlashConfig:
     layer = target.replace(family="qwen3", qk_norm=True, qkv_bias=False, o_bias=False,
                            num_layers=num_layers)
     return cls(num_layers=num_layers, block_size=block_size, target_layer_ids=ids,
-               mask_token_id=mask_token_id, layer=layer)
+               mask_token_id=mask_token_id, layer=layer, own_final_norm=own_final_norm)
 
   def to_dict(self) -> dict:
     return {"num_layers": self.num_layers, "block_size": self.block_size,
             "target_layer_ids": list(self.target_layer_ids), "mask_token_id": self.mask_token_id,
-            "layer": self.layer.to_dict()}
+            "layer": self.layer.to_dict(), "own_final_norm": self.own_final_norm}
 
   @classmethod
   def from_dict(cls, d: dict) -> "DFlashConfig":
     return cls(num_layers=d["num_layers"], block_size=d["block_size"],
                target_layer_ids=tuple(d["target_layer_ids"]), mask_token_id=d["mask_token_id"],
-               layer=ModelConfig.from_dict(d["layer"]))
+               layer=ModelConfig.from_dict(d["layer"]),
+               own_final_norm=d.get("own_final_norm", False))
 
 
 class DFlashLayer(nnx.Module):
@@ -135,6 +142,8 @@ class DFlash(nnx.Module):
       return DFlashLayer(cfg.layer, rngs)
 
     self.layers = stacked_layers(rngs)
+    if cfg.own_final_norm:
+      self.final_norm = RMSNorm(d, cfg.layer.rms_norm_eps, cfg.layer.jnp_dtype)
     self.cfg = cfg
 
   def context_kv(self, features_BxTxFxD, positions_BxT):
@@ -204,6 +213,8 @@ def block_logits(cfg: DFlashConfig, params: dict, target_cfg: ModelConfig, targe
       [anchor_tokens_BxN[..., None], jnp.full((b, n, k - 1), cfg.mask_token_id, jnp.int32)], -1)
   target = transformer.bind(target_cfg, target_params)
   x_BxNxKxD = target.embed(tokens_BxNxK)
-  x_BxNxKxD = nnx.merge(_graph(cfg), params)(x_BxNxKxD, anchor_pos_BxN, cache.k_LxBxSxKxH,
-                                             cache.v_LxBxSxKxH)
+  drafter = nnx.merge(_graph(cfg), params)
+  x_BxNxKxD = drafter(x_BxNxKxD, anchor_pos_BxN, cache.k_LxBxSxKxH, cache.v_LxBxSxKxH)
+  if cfg.own_final_norm:
+    return target.lm_head_logits(drafter.final_norm(x_BxNxKxD))
   return target.logits(x_BxNxKxD)

@@ -70,8 +70,8 @@ class Transformer(nnx.Module):
     self.cfg = cfg
 
   def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache: KVCache,
-               layer_ids: tuple[int, ...] = (), layer_params: tuple | None = None
-               ) -> ForwardOutput:
+               layer_ids: tuple[int, ...] = (), layer_params: tuple | None = None,
+               logits_at_BxL: jax.Array | None = None) -> ForwardOutput:
     cfg = self.cfg
     x_BxTxD = self.embed(tokens_BxT)
     rope = inverse_frequencies(cfg)
@@ -90,12 +90,17 @@ class Transformer(nnx.Module):
       hidden[i] = x_BxTxD
     hidden_BxTxFxD = (jnp.stack([hidden[i] for i in layer_ids], axis=2) if layer_ids else
                       jnp.zeros(x_BxTxD.shape[:2] + (0, x_BxTxD.shape[2]), x_BxTxD.dtype))
+    if logits_at_BxL is not None:
+      x_BxTxD = jnp.take_along_axis(x_BxTxD, logits_at_BxL[:, :, None], axis=1)
     return ForwardOutput(logits_BxTxV=self.logits(x_BxTxD),
                          cache=KVCache(tuple(keys), tuple(values)), hidden_BxTxFxD=hidden_BxTxFxD)
 
   def logits(self, x_BxTxD: jax.Array) -> jax.Array:
     """Final norm and LM head (fp32 logits); the DFlash drafter reuses them as they are."""
-    x_BxTxD = self.final_norm(x_BxTxD)
+    return self.lm_head_logits(self.final_norm(x_BxTxD))
+
+  def lm_head_logits(self, x_BxTxD: jax.Array) -> jax.Array:
+    """The LM head alone, on states that are already normalised."""
     if self.cfg.tie_embeddings:
       return self.embed.attend(x_BxTxD).astype(jnp.float32)
     return self.lm_head(x_BxTxD).astype(jnp.float32)
@@ -127,16 +132,19 @@ def split_layers(stacked_layers, num_layers: int) -> tuple:
 
 
 def forward(cfg: ModelConfig, params: Params, tokens_BxT: jax.Array, positions_BxT: jax.Array,
-            cache: KVCache, layer_ids: tuple[int, ...] = (), layer_params: tuple | None = None
-            ) -> ForwardOutput:
+            cache: KVCache, layer_ids: tuple[int, ...] = (), layer_params: tuple | None = None,
+            logits_at_BxL: jax.Array | None = None) -> ForwardOutput:
   """Runs the decoder on `tokens_BxT` at `positions_BxT`, writing their K/V into `cache`.
 
   Prefill, one-token decoding and K-token verification are the same call with T = prompt length,
   1 and K. Each query attends to the cache slots at or before its own position. A loop that calls
   this many times passes `layer_params = split_layers(params["layers"], L)`, made once outside
-  the loop, so the per-layer weights are not sliced out again on every call.
+  the loop, so the per-layer weights are not sliced out again on every call. With
+  `logits_at_BxL` (token indices) only those rows get logits (`logits_BxTxV` is then [B, L, V]):
+  a prefill needs the last prompt token's alone, and the LM head is a fifth of a small model.
   """
   for i in layer_ids:
     if not 0 <= i < cfg.num_layers:
       raise ValueError(f"layer id {i} out of range for a {cfg.num_layers}-layer model")
-  return bind(cfg, params)(tokens_BxT, positions_BxT, cache, tuple(layer_ids), layer_params)
+  return bind(cfg, params)(tokens_BxT, positions_BxT, cache, tuple(layer_ids), layer_params,
+                          logits_at_BxL)

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from draftopd_jax import config_check
-from draftopd_jax.data import prompts
+from draftopd_jax.data import prompts, regeneration
 from draftopd_jax.decoding import engine
 from draftopd_jax.decoding.completions import encode_prompts, pad_batch
 from draftopd_jax.decoding.drafters import DFlashDrafter, Eagle3Drafter
@@ -66,6 +66,19 @@ def regenerated_examples(config, model: LoadedModel, prompts: list[list[int]],
                          writer=jax.process_index() == 0, after_reading=distributed.barrier)
 
 
+def corpus_examples(config, model: LoadedModel) -> list[data.Example]:
+  """The first `data.corpus_examples` examples (0 = all) of the corpus in `data.corpus`."""
+  d = config.data
+  corpus = regeneration.load_corpus(d.corpus, model)
+  pairs = corpus.examples(d.corpus_examples or None)
+  if not pairs:
+    raise UserError(f"the corpus in {d.corpus} holds no examples yet; run configs/corpus.py")
+  if d.corpus_examples and len(pairs) < d.corpus_examples:
+    raise UserError(f"the corpus in {d.corpus} holds {len(pairs)} examples, fewer than "
+                    f"data.corpus_examples={d.corpus_examples}; extend it with configs/corpus.py")
+  return [data.Example(tuple(p), tuple(r)) for p, r in pairs]
+
+
 def new_drafter_config(c, target_cfg) -> dflash.DFlashConfig | eagle3.Eagle3Config:
   """The config of a new drafter of `c.kind` (`config.drafter`), checked against the target."""
   if c.kind not in ("dflash", "eagle3"):
@@ -76,7 +89,9 @@ def new_drafter_config(c, target_cfg) -> dflash.DFlashConfig | eagle3.Eagle3Conf
       return dflash.DFlashConfig.for_target(target_cfg, num_layers=c.num_layers,
                                             block_size=c.block_size,
                                             mask_token_id=c.mask_token_id,
-                                            target_layer_ids=layer_ids)
+                                            target_layer_ids=layer_ids,
+                                            num_taps=c.get("num_taps") or None,
+                                            own_final_norm=c.get("own_final_norm", True))
     return eagle3.Eagle3Config.for_target(target_cfg, block_size=c.block_size,
                                           draft_vocab_size=c.draft_vocab_size,
                                           target_layer_ids=layer_ids)
@@ -142,9 +157,9 @@ def run_sft(config, workdir: str | None) -> dict:
   check_step_memory(config, model.cfg.vocab_size)
   if not config.drafter.init_from:
     new_drafter_config(config.drafter, model.cfg)  # a bad drafter setting fails before the data
-  prompt_ids = training_prompts(config, model)
   out.mkdir(parents=True, exist_ok=True)
-  examples = regenerated_examples(config, model, prompt_ids, out)
+  examples = (corpus_examples(config, model) if config.data.get("corpus") else
+              regenerated_examples(config, model, training_prompts(config, model), out))
   drafter, params = make_drafter(config, model, examples)
   heldout_tau = HeldoutTau(model, tuple(config.heldout.datasets), config.heldout.num_prompts,
                            config.heldout.max_new_tokens, config.data.heldout_fraction)

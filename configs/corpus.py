@@ -1,0 +1,47 @@
+"""Regenerate the SFT corpus: the target answers ShareGPT user turns (with their history).
+
+Run (2 CPU cores; stopped and started again, it resumes at the first unfinished shard):
+  python -m draftopd_jax.main --config=configs/corpus.py --config.data.corpus=../corpus/train
+The slice reserved for later experiments (never used by the SFT of the shipped drafter):
+  python -m draftopd_jax.main --config=configs/corpus.py:reserved \
+      --config.data.corpus=../corpus/reserved
+A small smoke run:
+  python -m draftopd_jax.main --config=configs/corpus.py:quick --workdir=/tmp/corpus_quick
+
+Outputs: CORPUS/manifest.json (settings, target fingerprints, per shard: prompts, tokens,
+seconds, decode slots) and CORPUS/shard-*.npz (token ids). `configs/sft.py` reads it through
+`config.data.corpus`.
+"""
+
+import ml_collections
+
+VARIANTS = ("train", "reserved", "quick")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = arg or "train"
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant {variant!r} of configs/corpus.py; choose one of {VARIANTS}")
+  c = ml_collections.ConfigDict()
+  c.mode = "corpus"
+  c.model = "smollm2-135m-instruct"
+  c.dtype = "float32"
+  c.seed = 0
+  c.data = ml_collections.ConfigDict(dict(
+      corpus="",  # the corpus folder; "" = WORKDIR/corpus
+      split="reserved" if variant == "reserved" else "train",
+      heldout_fraction=0.02,  # conversations for evaluation only (the split every run uses)
+      reserve_fraction=0.2,  # conversations kept for later experiments (configs/corpus.py:reserved)
+      num_prompts=16_384,  # user turns to answer: about 2M response tokens at 256 tokens each
+      max_prompt_tokens=256,  # the oldest turns of a longer chat are dropped until it fits
+      response_tokens=256,
+      temperature=0.0,  # 0 = greedy
+      shard_size=512,
+      regen_batch_size=64,
+  ))
+  if variant == "reserved":
+    c.data.num_prompts = 4096
+  if variant == "quick":
+    c.data.update(num_prompts=6, shard_size=4, regen_batch_size=4, response_tokens=8,
+                  max_prompt_tokens=128)
+  return c

@@ -1,0 +1,119 @@
+"""`main.py` mode `corpus`: the target answers ShareGPT user turns; the answers fill a `Corpus`.
+
+Prompts of a shard are generated in batches of similar prompt length (the shard is sorted by
+length, so little padding is computed), each batch to its longest answer. The progress bar counts
+generated tokens and shows tokens/s. Every process of a multi-process run generates (one SPMD
+computation); process 0 writes. A stopped run resumes at the first shard not in the manifest.
+"""
+
+import itertools
+import pathlib
+import time
+from collections.abc import Iterator
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from draftopd_jax.data.corpus import Corpus, CorpusSettings, Shard, fit_prompt, params_fingerprint
+from draftopd_jax.data.corpus import sharegpt_turns
+from draftopd_jax.decoding import engine
+from draftopd_jax.decoding.completions import pad_batch
+from draftopd_jax.decoding.sampling import SamplingConfig
+from draftopd_jax.errors import UserError
+from draftopd_jax.io import LoadedModel, load_model
+from draftopd_jax.parallel import distributed
+
+
+def settings_of(config) -> CorpusSettings:
+  d = config.data
+  return CorpusSettings(split=d.split, heldout_fraction=d.heldout_fraction,
+                        reserve_fraction=d.reserve_fraction, max_prompt_tokens=d.max_prompt_tokens,
+                        response_tokens=d.response_tokens, temperature=d.temperature,
+                        dtype=config.dtype, shard_size=d.shard_size)
+
+
+def target_fingerprints(model: LoadedModel) -> dict:
+  return {"weights": params_fingerprint(model.params), "tokenizer": model.tokenizer.fingerprint}
+
+
+def open_corpus(root: str | pathlib.Path, settings: CorpusSettings, model: LoadedModel) -> Corpus:
+  return Corpus(root, settings, target_fingerprints(model))
+
+
+def load_corpus(root: str | pathlib.Path, model: LoadedModel) -> Corpus:
+  """An existing corpus, checked to be `model`'s own."""
+  return Corpus.load(root, target_fingerprints(model))
+
+
+def fitted_prompts(model: LoadedModel, settings: CorpusSettings
+                   ) -> Iterator[tuple[str, list[int]]]:
+  """(prompt id, token ids) of every user turn of the split that fits, in a fixed order."""
+  encode = lambda messages: model.tokenizer.encode(model.tokenizer.apply_chat_template(messages))
+  for prompt_id, messages in sharegpt_turns(settings.split, settings.heldout_fraction,
+                                            settings.reserve_fraction):
+    ids = fit_prompt(encode, messages, settings.max_prompt_tokens)
+    if ids is not None:
+      yield prompt_id, ids
+
+
+def generate_shard(model: LoadedModel, prompts: list[list[int]], settings: CorpusSettings,
+                   batch_size: int, bar: tqdm, seed: int) -> tuple[list[list[int]], int]:
+  """Responses in prompt order, and the decode slots spent (steps x rows), a measure of how
+  much of the batch was busy."""
+  order = np.argsort([len(p) for p in prompts], kind="stable")
+  responses: list[list[int]] = [[] for _ in prompts]
+  slots = 0
+  for start in range(0, len(order), batch_size):
+    rows = order[start:start + batch_size]
+    tokens, mask = pad_batch([prompts[i] for i in rows], model.tokenizer.pad_id)
+    state = engine.run(model.cfg, model.params, tokens, mask,
+                       max_new_tokens=settings.response_tokens,
+                       sampling=SamplingConfig(temperature=settings.temperature),
+                       eos_ids=model.tokenizer.eos_ids, seed=seed + start, progress=bar)
+    for i, response in zip(rows, engine.new_tokens(state)):
+      responses[i] = response
+    slots += (int(state.step) + 1) * len(rows)  # + 1: the prefill's token
+  return responses, slots
+
+
+def build(config, root: str | pathlib.Path, model: LoadedModel | None = None) -> Corpus:
+  """Adds shards to the corpus at `root` until it holds `config.data.num_prompts` prompts."""
+  d = config.data
+  model = model or load_model(config.model, dtype=config.dtype)
+  settings = settings_of(config)
+  corpus = open_corpus(root, settings, model)
+  distributed.barrier("corpus-manifest-read")
+  done = corpus.num_prompts_done
+  stream = itertools.islice(fitted_prompts(model, settings), done, d.num_prompts)
+  writer = jax.process_index() == 0
+  with tqdm(desc=f"corpus {settings.split}", unit="tok", disable=not writer,
+            postfix={"prompts": done}) as bar:
+    while batch := list(itertools.islice(stream, settings.shard_size)):
+      start = time.perf_counter()
+      ids, prompts = zip(*batch)
+      responses, slots = generate_shard(model, list(prompts), settings, d.regen_batch_size, bar,
+                                        seed=config.seed + done)
+      seconds = time.perf_counter() - start
+      if writer:
+        corpus.add_shard(Shard(list(ids), list(prompts), responses),
+                         {"seconds": round(seconds, 1), "generated_slots": slots})
+      done += len(batch)
+      bar.set_postfix(prompts=done)
+      distributed.barrier("corpus-shard")
+  if corpus.num_prompts_done == 0 and writer:
+    raise UserError(f"no {settings.split} prompt of the data fits max_prompt_tokens="
+                    f"{settings.max_prompt_tokens}")
+  return corpus
+
+
+def run_corpus(config, workdir: str | None) -> None:
+  if not workdir and not config.data.corpus:
+    raise UserError("set --workdir or config.data.corpus: the folder the corpus is written to")
+  root = pathlib.Path(config.data.corpus or pathlib.Path(workdir) / "corpus")
+  corpus = build(config, root)
+  t = corpus.totals()
+  print(f"corpus {root}: {t['examples']} prompts, {t['response_tokens']} response tokens "
+        f"({t['prompt_tokens']} prompt tokens) in {t['seconds'] / 3600:.2f} h of generation, "
+        f"{t['response_tokens'] / max(t['seconds'], 1e-9):.1f} response tokens/s, "
+        f"{t['response_tokens'] / max(t['generated_slots'], 1):.0%} of decode slots used")

@@ -1,0 +1,67 @@
+"""Each DFlash recipe option changes exactly what it names: feature taps, the drafter's own final
+norm, slot decay; and drafters saved before an option existed load and behave as before."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from draftopd_jax.models import KVCache, ModelConfig, dflash, forward, init_params
+from draftopd_jax.training.dflash_sft import position_weights
+
+TARGET_CFG = ModelConfig(family="llama", vocab_size=61, hidden_size=32, num_layers=8, num_heads=4,
+                         num_kv_heads=2, head_dim=8, intermediate_size=48)
+TARGET = init_params(TARGET_CFG, seed=5)
+
+
+def drafter(**options):
+  cfg = dflash.DFlashConfig.for_target(TARGET_CFG, num_layers=2, block_size=4, mask_token_id=60,
+                                       **options)
+  return cfg, dflash.init_params(cfg, seed=2)
+
+
+def logits(cfg, params):
+  tokens = jnp.asarray([[3, 9, 27, 14, 5, 41, 8, 30]])
+  t = tokens.shape[1]
+  hidden = forward(TARGET_CFG, TARGET, tokens, jnp.arange(t)[None],
+                   KVCache.create(TARGET_CFG, 1, t), cfg.target_layer_ids).hidden_BxTxFxD
+  cache = dflash.write_context(cfg, params, dflash.ContextCache.create(cfg, 1, t), hidden,
+                               jnp.arange(t)[None])
+  return dflash.block_logits(cfg, params, TARGET_CFG, TARGET, tokens[:, 4:6],
+                             jnp.asarray([[4, 5]]), cache)
+
+
+def test_feature_taps_follow_the_reference_spacing():
+  assert dflash.default_layer_ids(30, 5) == (1, 8, 14, 20, 27)  # drafter-recipes.md, N = 30
+  assert dflash.default_layer_ids(30, 2) == (1, 27)
+  cfg, _ = drafter(num_taps=3)
+  assert cfg.num_layers == 2 and cfg.target_layer_ids == dflash.default_layer_ids(8, 3)
+  assert drafter()[0].target_layer_ids == dflash.default_layer_ids(8, 2)  # taps = layers
+
+
+def test_own_final_norm_adds_one_trainable_norm_and_nothing_else():
+  own_cfg, own = drafter()
+  shared_cfg, shared = drafter(own_final_norm=False)
+  assert own_cfg.own_final_norm and not shared_cfg.own_final_norm
+  assert set(own) - set(shared) == {"final_norm"} and set(shared) <= set(own)
+  # With the target's scale in it, the drafter's norm computes exactly the target's.
+  own["final_norm"]["scale"] = TARGET["final_norm"]["scale"]
+  np.testing.assert_allclose(logits(own_cfg, own), logits(shared_cfg, shared), atol=1e-6)
+  own["final_norm"]["scale"] = own["final_norm"]["scale"] * 1.5
+  assert not np.allclose(logits(own_cfg, own), logits(shared_cfg, shared), atol=1e-3)
+  # Gradients reach the drafter's norm.
+  grad = jax.grad(lambda p: jnp.sum(logits(own_cfg, p) ** 2))(own)
+  assert float(jnp.abs(grad["final_norm"]["scale"]).sum()) > 0
+
+
+def test_configs_saved_before_the_option_load_as_target_norm_drafters():
+  cfg, _ = drafter(own_final_norm=False)
+  saved = cfg.to_dict()
+  del saved["own_final_norm"]  # as written by earlier versions
+  assert dflash.DFlashConfig.from_dict(saved) == cfg
+
+
+@pytest.mark.parametrize("gamma, expected", [(4.0, np.exp(-np.arange(7) / 4.0)),
+                                             (0.0, np.ones(7))])
+def test_slot_decay_weights(gamma, expected):
+  np.testing.assert_allclose(position_weights(8, gamma), expected, rtol=1e-6)
