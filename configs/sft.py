@@ -41,6 +41,7 @@ from draftopd_jax.parallel import sharding
 VARIANTS = ("dflash", "eagle3", "quick", "eagle3_quick", "qwen3_8b_pod", "plateau", "continue",
             "opd_pool", "eagle3_sft", "eagle3_continue")
 
+PAPER_VARIANTS = ("plateau", "continue", "opd_pool", "eagle3_sft", "eagle3_continue")
 # The paper-reproduction branches (shared with configs/opd.py:branch). All three start from the
 # plateau drafter with a fresh AdamW at one constant rate: 1e-4 sits between the plateau run's
 # peak (6e-4) and final (6e-5) rates, and a constant rate makes a run's state at x FLOPs the same
@@ -73,6 +74,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       mask_token_id=0,  # DFlash MASK: SmolLM2's <|endoftext|>, never inside chats
       draft_vocab_size=8192,  # EAGLE-3: the most frequent tokens of the regenerated responses
       target_layer_ids=(),  # target layers whose outputs feed the drafter; () = the default
+      # DFlash feature taps by the reference spacing round(1 + i(N-4)/(n-1)): [1, 8, 14, 20, 27]
+      # for SmolLM2's 30 layers; 0 = as many taps as drafter layers
+      num_taps=5,
+      own_final_norm=True,  # DFlash: its own trainable output norm, as the reference drafter
       init_from="",  # a drafter checkpoint to start from (weights only)
   ))
   c.data = ml_collections.ConfigDict(dict(
@@ -96,7 +101,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       steps=1000, batch_size=4, learning_rate=6e-4, warmup_steps=50, weight_decay=0.01,
       final_lr_fraction=0.1,  # cosine decay to this fraction of the rate; 1.0 = constant
       flops_budget=0.0,  # > 0: stop at the first step that has spent this many training FLOPs
-      grad_clip=1.0, num_anchors=16, gamma=0.0,  # gamma > 0: slot weights exp(-(k-1)/gamma)
+      # gamma > 0: slot weights exp(-(k-1)/gamma); 4 at K = 8 is the DFlash reference's
+      grad_clip=1.0, num_anchors=16, gamma=4.0,
       loss="ce",  # DFlash: "ce" to the regenerated token, or "kl" to the target distribution
       ttt_steps=7, ttt_decay=0.8,  # EAGLE-3 training-time test: steps, step weight decay**s
       seed=0,
@@ -113,6 +119,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.log_every = 10
   c.checkpoint_every = 50
   c.keep_checkpoints = 3
+  if variant in PAPER_VARIANTS:  # the recipe these runs were made with (docs/results.md)
+    c.drafter.update(num_taps=0, own_final_norm=False)
+    c.train.gamma = 0.0
   if variant == "plateau":
     c.train.update(steps=2000, warmup_steps=100)
     c.heldout.datasets = ("humaneval", "mtbench", "sharegpt")

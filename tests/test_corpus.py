@@ -106,3 +106,12 @@ def test_regeneration_fills_shards_and_resumes(smollm, tmp_path):
   assert all(s["generated_slots"] >= s["response_tokens"] for s in manifest["shards"])
   with np.load(tmp_path / "shard-00000.npz") as z:
     assert z["response_tokens"].dtype == np.uint16
+  # SFT trains on it through data.corpus, checked against the target it was made with.
+  sft = runpy.run_path(str(ROOT / "configs" / "sft.py"))["get_config"]("quick")
+  sft.data.update(corpus=str(tmp_path), corpus_examples=5)
+  from draftopd_jax.training.sft import corpus_examples
+  assert [(list(e.prompt_ids), list(e.response_ids)) for e in corpus_examples(sft, smollm)] == \
+      examples[:5]
+  sft.data.corpus_examples = 7
+  with pytest.raises(UserError, match="fewer than data.corpus_examples=7"):
+    corpus_examples(sft, smollm)

@@ -8,6 +8,7 @@ import pytest
 
 from draftopd_jax.decoding import SamplingConfig, generate
 from draftopd_jax.decoding.completions import pad_batch
+from draftopd_jax.decoding.continuous import generate_all
 from draftopd_jax.decoding.sampling import filtered_logits, sample
 from draftopd_jax.errors import UserError
 from draftopd_jax.models import KVCache, ModelConfig, forward, init_params
@@ -59,6 +60,22 @@ def test_max_new_tokens_and_progress_chunks(references):
   out = generate(CFG, PARAMS, tokens, mask, max_new_tokens=7, progress=bar, chunk=2)
   assert out == [r[:7] for r in references]
   assert bar.total == 3 * 7
+
+
+@pytest.mark.parametrize("refill_rows", [1, 2])
+def test_continuous_batching_refills_finished_rows_and_equals_greedy(references, refill_rows):
+  # EOS ends the rows at different steps, so rows are refilled mid-run, one or two at a time.
+  eos = references[1][4]
+  prompts = PROMPTS + [PROMPTS[0][:2], PROMPTS[1][3:]]
+  expected = [naive_greedy(p, 12) for p in prompts]
+  expected = [r[:r.index(eos) + 1] if eos in r else r for r in expected]
+  bar = type("Bar", (), {"total": 0, "update": lambda self, n: setattr(self, "total",
+                                                                       self.total + n)})()
+  out, slots = generate_all(CFG, PARAMS, prompts, batch_size=2, max_new_tokens=12, pad_id=0,
+                            eos_ids=(eos,), refill_rows=refill_rows, chunk=3, progress=bar)
+  assert out == expected
+  assert bar.total == sum(len(r) for r in expected)
+  assert slots >= sum(len(r) for r in expected)
 
 
 def test_top_k_1_sampling_is_greedy(references):

@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import pathlib
-import time
 from collections.abc import Callable, Iterator
 
 import jax

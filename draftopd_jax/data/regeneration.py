@@ -1,8 +1,8 @@
 """`main.py` mode `corpus`: the target answers ShareGPT user turns; the answers fill a `Corpus`.
 
-Prompts of a shard are generated in batches of similar prompt length (the shard is sorted by
-length, so little padding is computed), each batch to its longest answer. The progress bar counts
-generated tokens and shows tokens/s. Every process of a multi-process run generates (one SPMD
+A shard's prompts are generated with continuous batching (a finished row takes the next prompt),
+in order of length, so the rows refilled together pad to nearly the same width. The progress bar
+counts generated tokens and shows tokens/s. Every process of a multi-process run generates (one SPMD
 computation); process 0 writes. A stopped run resumes at the first shard not in the manifest.
 """
 
@@ -17,8 +17,7 @@ from tqdm import tqdm
 
 from draftopd_jax.data.corpus import Corpus, CorpusSettings, Shard, fit_prompt, params_fingerprint
 from draftopd_jax.data.corpus import sharegpt_turns
-from draftopd_jax.decoding import engine
-from draftopd_jax.decoding.completions import pad_batch
+from draftopd_jax.decoding import continuous
 from draftopd_jax.decoding.sampling import SamplingConfig
 from draftopd_jax.errors import UserError
 from draftopd_jax.io import LoadedModel, load_model
@@ -59,22 +58,19 @@ def fitted_prompts(model: LoadedModel, settings: CorpusSettings
 
 def generate_shard(model: LoadedModel, prompts: list[list[int]], settings: CorpusSettings,
                    batch_size: int, bar: tqdm, seed: int) -> tuple[list[list[int]], int]:
-  """Responses in prompt order, and the decode slots spent (steps x rows), a measure of how
-  much of the batch was busy."""
+  """Responses in prompt order, and the decode slots spent (steps x rows; with the response
+  tokens, how busy the batch was). Prompts go in by length, so rows refilled together pad to
+  nearly the same width."""
   order = np.argsort([len(p) for p in prompts], kind="stable")
-  responses: list[list[int]] = [[] for _ in prompts]
-  slots = 0
-  for start in range(0, len(order), batch_size):
-    rows = order[start:start + batch_size]
-    tokens, mask = pad_batch([prompts[i] for i in rows], model.tokenizer.pad_id)
-    state = engine.run(model.cfg, model.params, tokens, mask,
-                       max_new_tokens=settings.response_tokens,
-                       sampling=SamplingConfig(temperature=settings.temperature),
-                       eos_ids=model.tokenizer.eos_ids, seed=seed + start, progress=bar)
-    for i, response in zip(rows, engine.new_tokens(state)):
-      responses[i] = response
-    slots += (int(state.step) + 1) * len(rows)  # + 1: the prefill's token
-  return responses, slots
+  responses, slots = continuous.generate_all(
+      model.cfg, model.params, [prompts[i] for i in order], batch_size=batch_size,
+      max_new_tokens=settings.response_tokens, pad_id=model.tokenizer.pad_id,
+      eos_ids=model.tokenizer.eos_ids, sampling=SamplingConfig(temperature=settings.temperature),
+      seed=seed, progress=bar)
+  in_order: list[list[int]] = [[] for _ in prompts]
+  for i, response in zip(order, responses):
+    in_order[i] = response
+  return in_order, slots
 
 
 def build(config, root: str | pathlib.Path, model: LoadedModel | None = None) -> Corpus:

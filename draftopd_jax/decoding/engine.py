@@ -94,21 +94,25 @@ _STATICS = ("target_cfg", "drafter", "max_new_tokens", "sampling", "eos_ids", "v
 
 
 @functools.partial(jax.jit, static_argnames=_STATICS[:5] + ("record_verify_logprobs",
-                                                            "record_teacher"))
+                                                            "record_teacher", "cache_len"))
 def prefill(target_cfg: ModelConfig, target_params: Params, drafter, drafter_params,
             prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, rng: jax.Array, *,
             max_new_tokens: int, sampling: SamplingConfig, eos_ids: tuple[int, ...],
             record_verify_logprobs: bool = False, record_teacher: bool = False,
-            target_layers: tuple | None = None) -> DecodeState:
+            target_layers: tuple | None = None, cache_len: int | None = None) -> DecodeState:
   """Runs the prompts through the target, commits the first new token, primes the drafter.
   `record_verify_logprobs` keeps the verify passes' full log-prob rows in the trace and
   `record_teacher` the committed tokens' log-probs and the target's hidden states (both for
-  Draft-OPD; inference records neither). `target_layers` as in `decode`."""
+  Draft-OPD; inference records neither). `target_layers` as in `decode`. `cache_len` sets the
+  buffer length (default: just enough), so states of different prompt widths can share rows."""
   b, p = prompt_BxP.shape
   k = drafter.block_size
   prompt_BxP, prompt_lens_B = left_align(prompt_BxP, prompt_mask_BxP)
   # Room for a whole block past the last token: verify writes K slots from the anchor.
-  max_len = p + max_new_tokens + k
+  max_len = cache_len or p + max_new_tokens + k
+  if max_len < p + max_new_tokens + k:
+    raise ValueError(f"cache_len {cache_len} < prompt width {p} + max_new_tokens "
+                     f"{max_new_tokens} + block size {k}")
   positions_BxP = jnp.broadcast_to(jnp.arange(p), (b, p))
   out = forward(target_cfg, target_params, prompt_BxP, positions_BxP,
                 KVCache.create(target_cfg, b, max_len), drafter.layer_ids, target_layers,
@@ -262,6 +266,21 @@ def run(target_cfg: ModelConfig, target_params: Params, prompt_BxP: np.ndarray,
       reported = committed
     if bool(jnp.all(state.done_B)):
       return state
+
+
+# The per-sequence fields of a state: everything but the shared RNG and step counter.
+_ROW_FIELDS = ("tokens_BxS", "prompt_lens_B", "lengths_B", "done_B", "cache", "drafter_state",
+               "trace", "features_BxSxFxD")
+
+
+@functools.partial(jax.jit, donate_argnames=("state",))
+def replace_rows(state: DecodeState, new: DecodeState, rows_R: jax.Array) -> DecodeState:
+  """`state` with rows `rows_R` replaced by `new`'s rows 0..R-1 (a row index past the batch
+  skips its row): new prompts take the places of finished sequences. Both states must have the
+  same buffer length (`prefill`'s `cache_len`)."""
+  put = lambda old, fresh: old.at[rows_R].set(fresh, mode="drop")
+  return state.replace(**{f: jax.tree.map(put, getattr(state, f), getattr(new, f))
+                          for f in _ROW_FIELDS})
 
 
 def new_tokens(state: DecodeState) -> list[list[int]]:
