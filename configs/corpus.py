@@ -1,10 +1,10 @@
 """Regenerate the SFT corpus: the target answers ShareGPT user turns (with their history).
 
-Run (2 CPU cores; stopped and started again, it resumes at the first unfinished shard):
-  python -m draftopd_jax.main --config=configs/corpus.py --config.data.corpus=../corpus/train
+Run (2 CPU cores; stopped and started again, it resumes at the first unfinished shard). The
+default extends the corpus committed with the project (corpora/, about 8 MB when complete):
+  python -m draftopd_jax.main --config=configs/corpus.py
 The slice reserved for later experiments (never used by the SFT of the shipped drafter):
-  python -m draftopd_jax.main --config=configs/corpus.py:reserved \
-      --config.data.corpus=../corpus/reserved
+  python -m draftopd_jax.main --config=configs/corpus.py:reserved
 A small smoke run:
   python -m draftopd_jax.main --config=configs/corpus.py:quick --workdir=/tmp/corpus_quick
 
@@ -16,6 +16,7 @@ seconds, decode slots) and CORPUS/shard-*.npz (token ids). `configs/sft.py` read
 import ml_collections
 
 VARIANTS = ("train", "reserved", "quick")
+CORPORA = "corpora/smollm2-135m-instruct"  # committed corpora, relative to the repository root
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -28,7 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.dtype = "float32"
   c.seed = 0
   c.data = ml_collections.ConfigDict(dict(
-      corpus="",  # the corpus folder; "" = WORKDIR/corpus
+      corpus=f"{CORPORA}/{variant}",  # the corpus folder; "" = WORKDIR/corpus
       split="reserved" if variant == "reserved" else "train",
       heldout_fraction=0.02,  # conversations for evaluation only (the split every run uses)
       reserve_fraction=0.2,  # conversations kept for later experiments (configs/corpus.py:reserved)
@@ -38,10 +39,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       temperature=0.0,  # 0 = greedy
       shard_size=512,
       regen_batch_size=64,
+      # True: a finished row takes the next prompt (decoding/continuous.py). Off by default: on
+      # CPU the longer shared buffer cost more attention than the idle rows it saved (61-80
+      # against 110-135 response tokens/s, docs/data.md).
+      continuous_batching=False,
   ))
   if variant == "reserved":
     c.data.num_prompts = 4096
   if variant == "quick":
-    c.data.update(num_prompts=6, shard_size=4, regen_batch_size=4, response_tokens=8,
+    c.data.update(corpus="", num_prompts=6, shard_size=4, regen_batch_size=4, response_tokens=8,
                   max_prompt_tokens=128)
   return c

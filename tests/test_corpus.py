@@ -115,3 +115,18 @@ def test_regeneration_fills_shards_and_resumes(smollm, tmp_path):
   sft.data.corpus_examples = 7
   with pytest.raises(UserError, match="fewer than data.corpus_examples=7"):
     corpus_examples(sft, smollm)
+
+
+@pytest.mark.slow
+def test_the_committed_corpus_is_this_targets_and_never_holds_evaluation_data(smollm):
+  from draftopd_jax.data import regeneration
+
+  config = runpy.run_path(str(ROOT / "configs" / "corpus.py"))["get_config"]("train")
+  corpus = regeneration.load_corpus(ROOT / config.data.corpus, smollm)  # fingerprints match
+  assert corpus.settings == regeneration.settings_of(config)
+  assert corpus.num_prompts_done >= 1024
+  for entry in corpus.shards:
+    shard = corpus.read_shard(entry)  # checksums match
+    assert all(split_of(pid.rsplit("#", 1)[0], 0.02, 0.2) == "train" for pid in shard.prompt_ids)
+    assert all(len(p) <= 256 for p in shard.prompts)
+    assert all(1 <= len(r) <= 256 for r in shard.responses)

@@ -1,8 +1,7 @@
 """`main.py` mode `corpus`: the target answers ShareGPT user turns; the answers fill a `Corpus`.
 
-A shard's prompts are generated with continuous batching (a finished row takes the next prompt),
-in order of length, so the rows refilled together pad to nearly the same width. The progress bar
-counts generated tokens and shows tokens/s. Every process of a multi-process run generates (one SPMD
+A shard's prompts are generated in order of length, batch by batch (or with continuous batching,
+an option: see `generate_shard`). The progress bar counts generated tokens and shows tokens/s. Every process of a multi-process run generates (one SPMD
 computation); process 0 writes. A stopped run resumes at the first shard not in the manifest.
 """
 
@@ -17,7 +16,8 @@ from tqdm import tqdm
 
 from draftopd_jax.data.corpus import Corpus, CorpusSettings, Shard, fit_prompt, params_fingerprint
 from draftopd_jax.data.corpus import sharegpt_turns
-from draftopd_jax.decoding import continuous
+from draftopd_jax.decoding import continuous, engine
+from draftopd_jax.decoding.completions import pad_batch
 from draftopd_jax.decoding.sampling import SamplingConfig
 from draftopd_jax.errors import UserError
 from draftopd_jax.io import LoadedModel, load_model
@@ -57,16 +57,34 @@ def fitted_prompts(model: LoadedModel, settings: CorpusSettings
 
 
 def generate_shard(model: LoadedModel, prompts: list[list[int]], settings: CorpusSettings,
-                   batch_size: int, bar: tqdm, seed: int) -> tuple[list[list[int]], int]:
+                   batch_size: int, continuous_batching: bool, bar: tqdm, seed: int
+                   ) -> tuple[list[list[int]], int]:
   """Responses in prompt order, and the decode slots spent (steps x rows; with the response
-  tokens, how busy the batch was). Prompts go in by length, so rows refilled together pad to
-  nearly the same width."""
+  tokens, how busy the batch was). Prompts go in by length, so the rows of a batch (or the rows
+  refilled together) pad to nearly the same width.
+
+  Batch by batch, each batch runs to its longest answer; with `continuous_batching` a finished
+  row takes the next prompt instead, but every row then attends over a buffer sized for the
+  longest prompt of the shard, which on CPU cost more than the idle rows it saves (docs/data.md).
+  """
   order = np.argsort([len(p) for p in prompts], kind="stable")
-  responses, slots = continuous.generate_all(
-      model.cfg, model.params, [prompts[i] for i in order], batch_size=batch_size,
-      max_new_tokens=settings.response_tokens, pad_id=model.tokenizer.pad_id,
-      eos_ids=model.tokenizer.eos_ids, sampling=SamplingConfig(temperature=settings.temperature),
-      seed=seed, progress=bar)
+  sorted_prompts = [prompts[i] for i in order]
+  sampling = SamplingConfig(temperature=settings.temperature)
+  tokenizer = model.tokenizer
+  if continuous_batching:
+    responses, slots = continuous.generate_all(
+        model.cfg, model.params, sorted_prompts, batch_size=batch_size,
+        max_new_tokens=settings.response_tokens, pad_id=tokenizer.pad_id,
+        eos_ids=tokenizer.eos_ids, sampling=sampling, seed=seed, progress=bar)
+  else:
+    responses, slots = [], 0
+    for start in range(0, len(sorted_prompts), batch_size):
+      rows = sorted_prompts[start:start + batch_size]
+      state = engine.run(model.cfg, model.params, *pad_batch(rows, tokenizer.pad_id),
+                         max_new_tokens=settings.response_tokens, sampling=sampling,
+                         eos_ids=tokenizer.eos_ids, seed=seed + start, progress=bar)
+      responses += engine.new_tokens(state)
+      slots += (int(state.step) + 1) * len(rows)  # + 1: the prefill's token
   in_order: list[list[int]] = [[] for _ in prompts]
   for i, response in zip(order, responses):
     in_order[i] = response
@@ -88,8 +106,8 @@ def build(config, root: str | pathlib.Path, model: LoadedModel | None = None) ->
     while batch := list(itertools.islice(stream, settings.shard_size)):
       start = time.perf_counter()
       ids, prompts = zip(*batch)
-      responses, slots = generate_shard(model, list(prompts), settings, d.regen_batch_size, bar,
-                                        seed=config.seed + done)
+      responses, slots = generate_shard(model, list(prompts), settings, d.regen_batch_size,
+                                        d.continuous_batching, bar, seed=config.seed + done)
       seconds = time.perf_counter() - start
       if writer:
         corpus.add_shard(Shard(list(ids), list(prompts), responses),
