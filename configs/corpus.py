@@ -40,8 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       shard_size=512,
       regen_batch_size=64,
       # True: a finished row takes the next prompt (decoding/continuous.py). Off by default: on
-      # CPU the longer shared buffer cost more attention than the idle rows it saved (61-80
-      # against 110-135 response tokens/s, docs/data.md).
+      # CPU the longer shared buffer cost more attention than the idle rows it saved (docs/data.md).
       continuous_batching=False,
   ))
   if variant == "reserved":
