@@ -154,7 +154,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, smollm):
   checkpointer = Checkpointer(tmp_path / "checkpoints")
   steps = checkpointer.manager.all_steps()
   assert steps and max(steps) < 12
-  cfg = dflash.DFlashConfig.for_target(smollm.cfg, num_layers=2, block_size=8, mask_token_id=0)
+  d = runpy.run_path(str(ROOT / "configs" / "sft.py"))["get_config"]("quick").drafter
+  cfg = dflash.DFlashConfig.for_target(smollm.cfg, num_layers=d.num_layers, block_size=d.block_size,
+                                       mask_token_id=d.mask_token_id, num_taps=d.num_taps,
+                                       own_final_norm=d.own_final_norm)
   like = trainer.init_state(dflash.init_params(cfg), trainer.make_optimizer(1e-3, 1, 12), 0)
   state, _ = checkpointer.restore(like)
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))

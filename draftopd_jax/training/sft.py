@@ -157,9 +157,12 @@ def run_sft(config, workdir: str | None) -> dict:
   check_step_memory(config, model.cfg.vocab_size)
   if not config.drafter.init_from:
     new_drafter_config(config.drafter, model.cfg)  # a bad drafter setting fails before the data
+  # Bad data settings fail before the workdir is made.
+  examples = corpus_examples(config, model) if config.data.corpus else None
+  prompt_ids = None if examples else training_prompts(config, model)
   out.mkdir(parents=True, exist_ok=True)
-  examples = (corpus_examples(config, model) if config.data.get("corpus") else
-              regenerated_examples(config, model, training_prompts(config, model), out))
+  if examples is None:
+    examples = regenerated_examples(config, model, prompt_ids, out)
   drafter, params = make_drafter(config, model, examples)
   heldout_tau = HeldoutTau(model, tuple(config.heldout.datasets), config.heldout.num_prompts,
                            config.heldout.max_new_tokens, config.data.heldout_fraction)
