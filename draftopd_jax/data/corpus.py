@@ -29,6 +29,7 @@ import numpy as np
 
 from draftopd_jax.data.prompts import is_heldout, sharegpt_conversations
 from draftopd_jax.errors import UserError
+from draftopd_jax.io.zoo import file_sha256
 
 FORMAT = 1
 SPLITS = ("train", "reserved", "heldout")
@@ -121,10 +122,6 @@ def _atomic_write(path: pathlib.Path, write: Callable[[str], None]) -> None:
   with open(tmp, "rb") as f:
     os.fsync(f.fileno())
   os.replace(tmp, path)
-
-
-def file_sha256(path: pathlib.Path) -> str:
-  return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def params_fingerprint(params) -> str:
