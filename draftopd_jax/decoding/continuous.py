@@ -53,8 +53,7 @@ def generate_all(target_cfg: ModelConfig, target_params: Params, prompts: list[l
     rows = [prompts[i] for i in indices]
     tokens, mask = _padded(rows, num_rows, bucket(max(len(r) for r in rows)), pad_id)
     return engine.prefill(target_cfg, target_params, drafter, None, tokens, mask,
-                          jax.random.key(seed + indices[0]), target_layers=target_layers,
-                          cache_len=cache_len, **statics)
+                          jax.random.key(seed + indices[0]), cache_len=cache_len, **statics)
 
   pending = collections.deque(range(len(prompts)))
   owner = [pending.popleft() for _ in range(batch_size)]  # prompt index of each row, or -1

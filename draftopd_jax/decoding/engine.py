@@ -99,11 +99,11 @@ def prefill(target_cfg: ModelConfig, target_params: Params, drafter, drafter_par
             prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, rng: jax.Array, *,
             max_new_tokens: int, sampling: SamplingConfig, eos_ids: tuple[int, ...],
             record_verify_logprobs: bool = False, record_teacher: bool = False,
-            target_layers: tuple | None = None, cache_len: int | None = None) -> DecodeState:
+            cache_len: int | None = None) -> DecodeState:
   """Runs the prompts through the target, commits the first new token, primes the drafter.
   `record_verify_logprobs` keeps the verify passes' full log-prob rows in the trace and
   `record_teacher` the committed tokens' log-probs and the target's hidden states (both for
-  Draft-OPD; inference records neither). `target_layers` as in `decode`. `cache_len` sets the
+  Draft-OPD; inference records neither). `cache_len` sets the
   buffer length (default: just enough), so states of different prompt widths can share rows."""
   b, p = prompt_BxP.shape
   k = drafter.block_size
@@ -115,7 +115,7 @@ def prefill(target_cfg: ModelConfig, target_params: Params, drafter, drafter_par
                      f"{max_new_tokens} + block size {k}")
   positions_BxP = jnp.broadcast_to(jnp.arange(p), (b, p))
   out = forward(target_cfg, target_params, prompt_BxP, positions_BxP,
-                KVCache.create(target_cfg, b, max_len), drafter.layer_ids, target_layers,
+                KVCache.create(target_cfg, b, max_len), drafter.layer_ids,
                 logits_at_BxL=(prompt_lens_B - 1)[:, None])
   last_logits_BxV = out.logits_BxTxV[:, 0]
   rng, key = jax.random.split(rng)
@@ -254,7 +254,7 @@ def run(target_cfg: ModelConfig, target_params: Params, prompt_BxP: np.ndarray,
   target_layers = layer_params(target_cfg, target_params)
   state = prefill(target_cfg, target_params, drafter, drafter_params,
                   jnp.asarray(prompt_BxP, jnp.int32), jnp.asarray(prompt_mask_BxP, bool),
-                  jax.random.key(seed), target_layers=target_layers, **statics)
+                  jax.random.key(seed), **statics)
   chunk = chunk or (16 if progress is not None else max_new_tokens)
   reported = 0
   while True:

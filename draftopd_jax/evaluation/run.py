@@ -67,7 +67,7 @@ def timed_decode(model: LoadedModel, tokens, mask, drafter, params, max_new_toke
   statics = dict(max_new_tokens=max_new_tokens, sampling=SamplingConfig(), eos_ids=eos_ids)
   target_layers = engine.layer_params(model.cfg, model.params)
   state = engine.prefill(model.cfg, model.params, drafter, params, tokens, mask,
-                         jax.random.key(0), target_layers=target_layers, **statics)
+                         jax.random.key(0), **statics)
   jax.block_until_ready((state, target_layers))
   start = time.perf_counter()
   state = engine.decode(model.cfg, model.params, drafter, params, state,

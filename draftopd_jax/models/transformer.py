@@ -3,7 +3,7 @@
 `Transformer` is a Flax NNX module; everything outside this file uses it through `forward(cfg,
 params, ...)`, where `params` is a plain nested dict of arrays (`nnx.to_pure_dict` of the module
 state). Layer weights are stored stacked on a leading axis (one tree for checkpoints and sharding
-rules) and run unrolled. One forward serves prefill, cached decoding and multi-token verification.
+rules); a single forward scans over them, a decoding loop runs them unrolled. One forward serves prefill, cached decoding and multi-token verification.
 """
 
 import functools
@@ -77,12 +77,47 @@ class Transformer(nnx.Module):
     rope = inverse_frequencies(cfg)
     layer_graph, stacked_state = nnx.split(self.layers)
     if layer_params is None:
-      layer_params = split_layers(stacked_state, cfg.num_layers)
-    # The layers are unrolled rather than scanned: a scan slices each layer's weights and cache
-    # out of stacked arrays on every call, which inside a decoding loop is a copy of all weights
-    # and the whole cache per generated token.
+      x_BxTxD, cache, hidden_BxTxFxD = self._scan_layers(layer_graph, stacked_state, x_BxTxD,
+                                                         positions_BxT, cache, layer_ids, rope)
+    else:
+      x_BxTxD, cache, hidden_BxTxFxD = self._unrolled_layers(layer_graph, layer_params, x_BxTxD,
+                                                             positions_BxT, cache, layer_ids, rope)
+    if logits_at_BxL is not None:
+      x_BxTxD = jnp.take_along_axis(x_BxTxD, logits_at_BxL[:, :, None], axis=1)
+    return ForwardOutput(logits_BxTxV=self.logits(x_BxTxD), cache=cache,
+                         hidden_BxTxFxD=hidden_BxTxFxD)
+
+  def _scan_layers(self, layer_graph, stacked_state, x_BxTxD, positions_BxT, cache, layer_ids,
+                   rope):
+    """One forward (training, prefill): a scan compiles the layer once, and on CPU it also ran a
+    64-token forward of the 30-layer target faster than the unrolled layers (0.23 vs 0.35 s, and
+    0.4 vs 3.4 s to compile). The requested layers' outputs go into a carried [F, ...] buffer,
+    so the scan never stacks all L layers' activations."""
+    L, F = self.cfg.num_layers, len(layer_ids)
+    slot_of_layer = [layer_ids.index(i) if i in layer_ids else F for i in range(L)]
+    hidden_FxBxTxD = jnp.zeros((F + 1,) + x_BxTxD.shape, x_BxTxD.dtype)  # row F: discarded
+
+    def layer(carry, per_layer):
+      x_BxTxD, hidden_FxBxTxD = carry
+      state, k_cache, v_cache, slot = per_layer
+      x_BxTxD, k_cache, v_cache = nnx.merge(layer_graph, state)(x_BxTxD, positions_BxT, k_cache,
+                                                                v_cache, rope)
+      hidden_FxBxTxD = jax.lax.dynamic_update_index_in_dim(hidden_FxBxTxD, x_BxTxD, slot, 0)
+      return (x_BxTxD, hidden_FxBxTxD), (k_cache, v_cache)
+
+    (x_BxTxD, hidden_FxBxTxD), (k_LxBxKxSxH, v_LxBxKxSxH) = jax.lax.scan(
+        layer, (x_BxTxD, hidden_FxBxTxD),
+        (stacked_state, jnp.stack(cache.k_BxKxSxH), jnp.stack(cache.v_BxKxSxH),
+         jnp.asarray(slot_of_layer, jnp.int32)))
+    cache = KVCache(tuple(k_LxBxKxSxH), tuple(v_LxBxKxSxH))
+    return x_BxTxD, cache, jnp.moveaxis(hidden_FxBxTxD[:F], 0, 2)
+
+  def _unrolled_layers(self, layer_graph, layer_params, x_BxTxD, positions_BxT, cache, layer_ids,
+                       rope):
+    """Inside a decoding loop: a scan would slice each layer's weights and cache out of stacked
+    arrays on every call, a copy of all weights and the whole cache per generated token."""
     keys, values, hidden = [], [], {}
-    for i in range(cfg.num_layers):
+    for i in range(self.cfg.num_layers):
       x_BxTxD, k_cache, v_cache = nnx.merge(layer_graph, layer_params[i])(
           x_BxTxD, positions_BxT, cache.k_BxKxSxH[i], cache.v_BxKxSxH[i], rope)
       keys.append(k_cache)
@@ -90,10 +125,7 @@ class Transformer(nnx.Module):
       hidden[i] = x_BxTxD
     hidden_BxTxFxD = (jnp.stack([hidden[i] for i in layer_ids], axis=2) if layer_ids else
                       jnp.zeros(x_BxTxD.shape[:2] + (0, x_BxTxD.shape[2]), x_BxTxD.dtype))
-    if logits_at_BxL is not None:
-      x_BxTxD = jnp.take_along_axis(x_BxTxD, logits_at_BxL[:, :, None], axis=1)
-    return ForwardOutput(logits_BxTxV=self.logits(x_BxTxD),
-                         cache=KVCache(tuple(keys), tuple(values)), hidden_BxTxFxD=hidden_BxTxFxD)
+    return x_BxTxD, KVCache(tuple(keys), tuple(values)), hidden_BxTxFxD
 
   def logits(self, x_BxTxD: jax.Array) -> jax.Array:
     """Final norm and LM head (fp32 logits); the DFlash drafter reuses them as they are."""
@@ -137,9 +169,10 @@ def forward(cfg: ModelConfig, params: Params, tokens_BxT: jax.Array, positions_B
   """Runs the decoder on `tokens_BxT` at `positions_BxT`, writing their K/V into `cache`.
 
   Prefill, one-token decoding and K-token verification are the same call with T = prompt length,
-  1 and K. Each query attends to the cache slots at or before its own position. A loop that calls
-  this many times passes `layer_params = split_layers(params["layers"], L)`, made once outside
-  the loop, so the per-layer weights are not sliced out again on every call. With
+  1 and K. Each query attends to the cache slots at or before its own position. Without
+  `layer_params` the layers run in a scan. A loop that calls this many times passes
+  `layer_params = split_layers(params["layers"], L)`, made once outside the loop: the layers then
+  run unrolled, and the per-layer weights and caches are not sliced out again on every call. With
   `logits_at_BxL` (token indices) only those rows get logits (`logits_BxTxV` is then [B, L, V]):
   a prefill needs the last prompt token's alone, and the LM head is a fifth of a small model.
   """
