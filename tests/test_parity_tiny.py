@@ -9,6 +9,7 @@ import torch
 from conftest import tiny_hf_model
 from draftopd_jax.io.hf import load_hf_folder
 from draftopd_jax.models import KVCache, forward
+from draftopd_jax.models.transformer import split_layers
 
 TOL = 1e-4
 # HF applies the final norm to its last hidden state; ours are raw layer outputs, so skip it.
@@ -71,6 +72,21 @@ def test_full_sequence_logits_and_hidden_states(pair):
   ref_logits, ref_hidden = _reference(hf, tokens)
   np.testing.assert_allclose(out.logits_BxTxV, ref_logits, atol=TOL, rtol=0)
   np.testing.assert_allclose(out.hidden_BxTxFxD, ref_hidden, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("loop", [False, True], ids=["scanned", "unrolled"])
+def test_both_layer_paths_return_any_requested_layers(pair, loop):
+  """A single forward scans the layers, a decoding loop passes them split and unrolled; either
+  returns the requested layers in the order asked, repeats included (a 2-tap drafter of a
+  4-layer target taps one layer twice)."""
+  hf, cfg, params = pair
+  tokens = _tokens(cfg, seed=3)
+  b, t = tokens.shape
+  layers = split_layers(params["layers"], cfg.num_layers) if loop else None
+  out = forward(cfg, params, jnp.asarray(tokens), jnp.broadcast_to(jnp.arange(t), (b, t)),
+                KVCache.create(cfg, b, t), (1, 0, 1), layers)
+  _, ref_hidden = _reference(hf, tokens)  # layers 0 and 1
+  np.testing.assert_allclose(out.hidden_BxTxFxD, ref_hidden[:, :, [1, 0, 1]], atol=TOL, rtol=0)
 
 
 def test_token_by_token_cached_decoding(pair):

@@ -116,7 +116,8 @@ def _unragged(flat: np.ndarray, offsets: np.ndarray) -> list[list[int]]:
   return [flat[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
 
 
-def _atomic_write(path: pathlib.Path, write: Callable[[str], None]) -> None:
+def atomic_write(path: pathlib.Path, write: Callable[[str], None]) -> None:
+  """`write(tmp)` then a rename over `path`: a crash leaves the old file or the new, never half."""
   tmp = path.with_name(f".{path.name}.tmp")
   write(str(tmp))
   with open(tmp, "rb") as f:
@@ -180,7 +181,7 @@ class Corpus:
     name = f"shard-{len(self.shards):05d}.npz"
     prompt_flat, prompt_offsets = _ragged(shard.prompts)
     response_flat, response_offsets = _ragged(shard.responses)
-    _atomic_write(self.root / name, lambda tmp: np.savez_compressed(
+    atomic_write(self.root / name, lambda tmp: np.savez_compressed(
         open(tmp, "wb"), prompt_ids=np.asarray(shard.prompt_ids), prompt_tokens=prompt_flat,
         prompt_offsets=prompt_offsets, response_tokens=response_flat,
         response_offsets=response_offsets))
@@ -188,7 +189,7 @@ class Corpus:
                         "examples": len(shard.prompts),
                         "prompt_tokens": int(len(prompt_flat)),
                         "response_tokens": int(len(response_flat)), **stats})
-    _atomic_write(self.root / "manifest.json",
+    atomic_write(self.root / "manifest.json",
                   lambda tmp: pathlib.Path(tmp).write_text(json.dumps(self.manifest, indent=1)))
 
   def read_shard(self, entry: dict) -> Shard:

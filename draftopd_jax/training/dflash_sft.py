@@ -32,14 +32,21 @@ def position_weights(block_size: int, gamma: float) -> jax.Array:
 
 def loss_fn(drafter_params: dict, cfg: dflash.DFlashConfig, target_cfg: ModelConfig,
             target_params: dict, tokens_BxT: jax.Array, loss_mask_BxT: jax.Array, rng: jax.Array,
-            *, num_anchors: int, gamma: float, distill: bool) -> tuple[jax.Array, dict]:
-  """Weighted mean loss over valid (anchor, slot) pairs, and metrics."""
+            *, num_anchors: int, gamma: float, distill: bool,
+            features_BxTxFxD: jax.Array | None = None) -> tuple[jax.Array, dict]:
+  """Weighted mean loss over valid (anchor, slot) pairs, and metrics. `features_BxTxFxD`: the
+  target's tapped features from a feature cache (data/feature_cache.py) instead of its forward
+  here; hard labels only, as the cache holds no target distribution."""
   b, t = tokens_BxT.shape
   k = cfg.block_size
   positions_BxT = jnp.broadcast_to(jnp.arange(t), (b, t))
-  target = forward(target_cfg, target_params, tokens_BxT, positions_BxT,
-                   KVCache.create(target_cfg, b, t), cfg.target_layer_ids)
-  features_BxTxFxD = jax.lax.stop_gradient(target.hidden_BxTxFxD)
+  if features_BxTxFxD is None:
+    target = forward(target_cfg, target_params, tokens_BxT, positions_BxT,
+                     KVCache.create(target_cfg, b, t), cfg.target_layer_ids)
+    features_BxTxFxD = target.hidden_BxTxFxD
+  elif distill:
+    raise ValueError("distillation needs the target's distribution; cached features hold none")
+  features_BxTxFxD = jax.lax.stop_gradient(features_BxTxFxD.astype(cfg.layer.jnp_dtype))
   cache = dflash.write_context(cfg, drafter_params, dflash.ContextCache.create(cfg, b, t),
                                features_BxTxFxD, positions_BxT)
   anchors_BxN, valid_BxN = sample_anchors(rng, loss_mask_BxT, num_anchors)

@@ -18,13 +18,13 @@ import numpy as np
 from tqdm import tqdm
 
 from draftopd_jax import config_check
-from draftopd_jax.data import prompts, regeneration
+from draftopd_jax.data import feature_cache, prompts, regeneration
 from draftopd_jax.decoding import engine
 from draftopd_jax.decoding.completions import encode_prompts, pad_batch
 from draftopd_jax.decoding.drafters import DFlashDrafter, Eagle3Drafter
 from draftopd_jax.decoding.sampling import SamplingConfig
 from draftopd_jax.errors import UserError
-from draftopd_jax.io import LoadedModel, load_model
+from draftopd_jax.io import LoadedModel, load_model, zoo
 from draftopd_jax.io.drafter_checkpoint import load_drafter, save_drafter
 from draftopd_jax.models import dflash, eagle3
 from draftopd_jax.parallel import distributed, sharding
@@ -99,6 +99,26 @@ def new_drafter_config(c, target_cfg) -> dflash.DFlashConfig | eagle3.Eagle3Conf
     raise UserError(f"config.drafter: {e}") from None
 
 
+def target_features(config, model: LoadedModel, drafter: DFlashDrafter,
+                    examples: list[data.Example]) -> feature_cache.FeatureCache:
+  """The feature cache of `examples` for this drafter's taps (process 0 builds it)."""
+  d = config.data
+  cache_dir = d.feature_cache_dir or zoo.default_cache_dir() / "features"
+  build = lambda: feature_cache.build(
+      [(e.prompt_ids, e.response_ids) for e in examples], model.cfg, model.params,
+      regeneration.target_fingerprints(model)["weights"], drafter.cfg.target_layer_ids,
+      d.seq_len, cache_dir, show_progress=jax.process_index() == 0)
+  if jax.process_index() == 0:
+    cache = build()
+  distributed.barrier()
+  if jax.process_index() != 0:
+    cache = build()  # finds the complete cache
+  m = cache.manifest
+  print(f"feature cache {cache.root}: {m['tokens']:,} tokens, {m['bytes'] / 2**30:.2f} GiB, "
+        f"built in {m['build_seconds']:.0f} s ({m['build_flops']:.3g} FLOPs)")
+  return cache
+
+
 def make_drafter(config, model: LoadedModel, examples: list[data.Example]):
   """(drafter, params) to train: from `drafter.init_from`, or new of `drafter.kind`. A new
   EAGLE-3 drafter's vocabulary is the most frequent tokens of the training examples."""
@@ -152,6 +172,9 @@ def run_sft(config, workdir: str | None) -> dict:
   t = config.train
   if t.loss not in ("ce", "kl"):
     raise UserError(f"train.loss={t.loss!r}; choose ce or kl")
+  if config.data.feature_cache and (config.drafter.kind != "dflash" or t.loss != "ce"):
+    raise UserError("data.feature_cache serves DFlash SFT with train.loss=ce only (it holds the "
+                    "target's features, not its distribution); set data.feature_cache=False")
   mesh = trainer.training_mesh(config.mesh, config.sharding_rules, t.batch_size)
   model = load_model(config.model, dtype=config.dtype)
   check_step_memory(config, model.cfg.vocab_size)
@@ -164,6 +187,7 @@ def run_sft(config, workdir: str | None) -> dict:
   if examples is None:
     examples = regenerated_examples(config, model, prompt_ids, out)
   drafter, params = make_drafter(config, model, examples)
+  features = target_features(config, model, drafter, examples) if config.data.feature_cache else None
   heldout_tau = HeldoutTau(model, tuple(config.heldout.datasets), config.heldout.num_prompts,
                            config.heldout.max_new_tokens, config.data.heldout_fraction)
 
@@ -172,14 +196,14 @@ def run_sft(config, workdir: str | None) -> dict:
   trainable, step_fn, full_params = training_step(config, drafter, params, model.cfg, optimizer)
   train_step, state, target_params = trainer.shard_step(
       step_fn, mesh, trainer.init_state(trainable, optimizer, t.seed), model.params,
-      config.sharding_rules)
+      config.sharding_rules, batch_inputs=2 if features is None else 3)
   checkpointer = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
   position = 0
   if checkpointer.latest_step() is not None:
     state, position = checkpointer.restore(state)
     print(f"resumed from step {int(state.step)} (data position {position})")
   step_flops = (flops.dflash_train(drafter.cfg, model.cfg, t.batch_size, config.data.seq_len,
-                                   t.num_anchors) if isinstance(drafter, DFlashDrafter) else
+                                   t.num_anchors, cached_features=features is not None) if isinstance(drafter, DFlashDrafter) else
                 flops.eagle3_train(drafter.cfg, model.cfg, t.batch_size, config.data.seq_len,
                                    t.ttt_steps))
   flops_per_step = sum(step_flops.values())
@@ -218,6 +242,8 @@ def run_sft(config, workdir: str | None) -> dict:
                  for p in range(position, position + t.batch_size)][rows]
       batch = data.to_batch([examples[i] for i in indices], config.data.seq_len,
                             model.tokenizer.pad_id)
+      if features is not None:
+        batch += (features.batch(indices, config.data.seq_len),)
       started = time.perf_counter()
       state, metrics = train_step(state, target_params, *(
           sharding.host_batch(mesh, config.sharding_rules, x, t.batch_size) for x in batch))

@@ -31,7 +31,7 @@ class TrainState:
   rng: jax.Array  # a raw uint32 key, so orbax saves it as a plain array
 
 
-# (state, target_params, tokens_BxT, loss_mask_BxT) -> (state, metrics)
+# (state, target_params, tokens_BxT, loss_mask_BxT[, features_BxTxFxD]) -> (state, metrics)
 StepFn = Callable[..., tuple[TrainState, dict]]
 
 
@@ -63,14 +63,14 @@ def init_state(params: dict, optimizer: optax.GradientTransformation, seed: int)
 
 
 def _dflash_step(state: TrainState, target_params: dict, tokens_BxT: jax.Array,
-                 loss_mask_BxT: jax.Array, *, cfg, target_cfg: ModelConfig,
-                 optimizer: optax.GradientTransformation, num_anchors: int, gamma: float,
-                 distill: bool) -> tuple[TrainState, dict]:
+                 loss_mask_BxT: jax.Array, features_BxTxFxD: jax.Array | None = None, *, cfg,
+                 target_cfg: ModelConfig, optimizer: optax.GradientTransformation,
+                 num_anchors: int, gamma: float, distill: bool) -> tuple[TrainState, dict]:
   rng, key = jax.random.split(state.rng)
   grad_fn = jax.value_and_grad(dflash_sft.loss_fn, has_aux=True)
   (_, step_metrics), grads = grad_fn(state.params, cfg, target_cfg, target_params, tokens_BxT,
                                      loss_mask_BxT, key, num_anchors=num_anchors, gamma=gamma,
-                                     distill=distill)
+                                     distill=distill, features_BxTxFxD=features_BxTxFxD)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   step_metrics["grad_norm"] = optax.global_norm(grads)
@@ -110,18 +110,19 @@ def eagle3_step_fn(*, d2t_Vd: jax.Array, cfg, target_cfg: ModelConfig,
 
 
 def shard_step(step_fn: StepFn, mesh: Mesh, state: TrainState, target_params: dict,
-               rules: sharding.Rules = sharding.DEFAULT_RULES
+               rules: sharding.Rules = sharding.DEFAULT_RULES, batch_inputs: int = 2
                ) -> tuple[StepFn, TrainState, dict]:
   """`step_fn` under `jax.jit` with explicit shardings on `mesh` (today's pjit), the state donated;
   returns it with `state` and `target_params` placed on the mesh.
 
   Drafter params and optimizer state are split by the logical-axis `rules` (FSDP and tensor
-  parallelism), the frozen target the same way, batch rows by the "batch" rule.
+  parallelism), the frozen target the same way, the rows of the `batch_inputs` batch arrays (2:
+  tokens and loss mask; 3: and cached features) by the "batch" rule.
   """
   state_sharding = sharding.tree_shardings(mesh, rules, state)
   target_sharding = sharding.tree_shardings(mesh, rules, target_params)
   rows = sharding.batch_sharding(mesh, rules)
-  step = jax.jit(step_fn, in_shardings=(state_sharding, target_sharding, rows, rows),
+  step = jax.jit(step_fn, in_shardings=(state_sharding, target_sharding) + (rows,) * batch_inputs,
                  out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
   return (step, jax.device_put(state, state_sharding),
           jax.device_put(target_params, target_sharding))
