@@ -5,6 +5,9 @@ Run (2 CPU cores; resumes from WORKDIR/checkpoints when started again):
   python -m draftopd_jax.main --config=configs/sft.py --workdir=/tmp/sft_dflash
   python -m draftopd_jax.main --config=configs/sft.py:eagle3 --workdir=/tmp/sft_eagle3
   python -m draftopd_jax.main --config=configs/sft.py:quick --workdir=/tmp/sft_quick  # smoke runs
+DFlash on the committed corpus (configs/corpus.py), the target's features cached on disk, 48
+anchors per sequence; its first N examples with --config.data.corpus_examples=N:
+  python -m draftopd_jax.main --config=configs/sft.py:corpus --workdir=/tmp/sft_corpus
   python -m draftopd_jax.main --config=configs/sft.py:eagle3_quick --workdir=/tmp/sft_e3_quick
 On an accelerator pod (see launch/), a Qwen3-8B-class target from a local Hugging Face folder:
   python -m draftopd_jax.main --config=configs/sft.py:qwen3_8b_pod --workdir=gs://BUCKET/sft \
@@ -38,7 +41,7 @@ import ml_collections
 
 from draftopd_jax.parallel import sharding
 
-VARIANTS = ("dflash", "eagle3", "quick", "eagle3_quick", "qwen3_8b_pod", "plateau", "continue",
+VARIANTS = ("dflash", "corpus", "eagle3", "quick", "eagle3_quick", "qwen3_8b_pod", "plateau", "continue",
             "opd_pool", "eagle3_sft", "eagle3_continue")
 
 PAPER_VARIANTS = ("plateau", "continue", "opd_pool", "eagle3_sft", "eagle3_continue")
@@ -146,6 +149,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval_every, c.checkpoint_every = 50, 25  # an evaluation costs about 13 steps
   if variant == "eagle3":  # ~9 s/step on 2 CPU cores: 7 target-aligned TTT steps per batch
     c.train.steps, c.eval_every = 200, 20
+  if variant == "corpus":
+    c.data.update(corpus="corpora/smollm2-135m-instruct/train", seq_len=512, feature_cache=True)
+    c.train.update(steps=4000, batch_size=8, warmup_steps=100, num_anchors=48)
+    c.heldout.update(datasets=("humaneval", "mtbench", "sharegpt"), num_prompts=8)
+    c.eval_every, c.checkpoint_every = 100, 50
   if variant.endswith("quick"):
     c.data.num_prompts, c.data.response_tokens, c.data.seq_len = 16, 16, 224
     c.train.steps, c.train.batch_size, c.train.num_anchors, c.train.warmup_steps = 6, 2, 4, 2
