@@ -54,7 +54,10 @@ class StepTimer:
 
   def __init__(self, model, prompt_len: int, ks: list[int]):
     self.model, self.ks, self.times = model, ks, {k: [] for k in ks}
-    self.fn = jax.jit(lambda p, t, pos, c: forward(model.cfg, p, t, pos, c), donate_argnums=3)
+    # The layers split once and run unrolled, as in the decoding loop (a lone forward scans them).
+    layers = engine.layer_params(model.cfg, model.params)
+    self.fn = jax.jit(lambda p, t, pos, c: forward(model.cfg, p, t, pos, c, layer_params=layers),
+                      donate_argnums=3)
     self.caches = {}
     for k in ks:
       state = engine.prefill(model.cfg, model.params, Autoregressive(), None,
