@@ -1,5 +1,6 @@
-"""Preemption, crashes and multi-process runs of the real target's quick SFT job: SIGTERM
-checkpoints and exits with the requeue code, kill -9 and a damaged latest checkpoint resume to the
+"""Preemption, crashes and multi-process runs of the real target's quick SFT job, on cached
+target features (the online path is the EAGLE-3 job's and the NaN test's): SIGTERM checkpoints
+and exits with the requeue code, kill -9 and a damaged latest checkpoint resume to the
 uninterrupted result, and two processes train as one."""
 
 import json
@@ -28,7 +29,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def command(workdir: pathlib.Path) -> list[str]:
   return [sys.executable, "-m", "draftopd_jax.main", "--config=configs/sft.py:quick",
-          f"--workdir={workdir}", f"--config.train.steps={STEPS}", "--config.eval_every=100"]
+          f"--workdir={workdir}", f"--config.train.steps={STEPS}", "--config.eval_every=100",
+          "--config.data.feature_cache=True", f"--config.data.feature_cache_dir={workdir}/features"]
 
 
 def free_port() -> int:
@@ -85,6 +87,10 @@ def test_a_run_logs_metrics_tensorboard_and_drafters(reference):
   losses = {r["step"]: r["loss"] for r in records if "loss" in r}
   assert sorted(losses) == list(range(1, STEPS + 1))
   assert all(r["train_flops"] > 0 for r in records if "loss" in r)
+  assert all(r["flops_target_forward"] == 0 for r in records if "loss" in r)  # cached features
+  [cache] = (workdir / "features").iterdir()
+  examples = len(next((workdir / "data").glob("*.jsonl")).read_text().splitlines())
+  assert json.loads((cache / "manifest.json").read_text())["examples"] == examples
   assert (workdir / "best_drafter" / "drafter.json").is_file()
   logged = tensorboard_scalars(workdir / "tensorboard")
   assert sorted(step for step, _ in logged["loss"]) == sorted(losses)
