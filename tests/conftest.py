@@ -1,27 +1,11 @@
 """Shared fixtures: tiny random Hugging Face models and the real SmolLM2 target."""
 
 import importlib.util
-import os
 import pathlib
-import shutil
-import tempfile
 
 import pytest
 
 SMOLLM_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def pytest_configure(config):
-  """One persistent JAX compilation cache per test session, set before JAX is imported: the
-  job subprocesses that load the real target compile the same programs, each from scratch
-  otherwise. It starts empty every session, so no run depends on an earlier one."""
-  config.jax_cache_dir = tempfile.mkdtemp(prefix="draftopd-jax-compilation-cache-")
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = config.jax_cache_dir  # inherited by subprocesses
-  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
-
-
-def pytest_unconfigure(config):
-  shutil.rmtree(config.jax_cache_dir, ignore_errors=True)
 
 
 def tiny_hf_model(family: str, tie: bool, rope: dict | None = None, seed: int = 0):
