@@ -5,10 +5,10 @@ Run (2 CPU cores; resumes from WORKDIR/checkpoints when started again):
   python -m draftopd_jax.main --config=configs/sft.py --workdir=/tmp/sft_dflash
   python -m draftopd_jax.main --config=configs/sft.py:eagle3 --workdir=/tmp/sft_eagle3
   python -m draftopd_jax.main --config=configs/sft.py:quick --workdir=/tmp/sft_quick  # smoke runs
+  python -m draftopd_jax.main --config=configs/sft.py:eagle3_quick --workdir=/tmp/sft_e3_quick
 DFlash on the committed corpus (configs/corpus.py), the target's features cached on disk, 48
 anchors per sequence; its first N examples with --config.data.corpus_examples=N:
   python -m draftopd_jax.main --config=configs/sft.py:corpus --workdir=/tmp/sft_corpus
-  python -m draftopd_jax.main --config=configs/sft.py:eagle3_quick --workdir=/tmp/sft_e3_quick
 On an accelerator pod (see launch/), a Qwen3-8B-class target from a local Hugging Face folder:
   python -m draftopd_jax.main --config=configs/sft.py:qwen3_8b_pod --workdir=gs://BUCKET/sft \
       --config.model=checkpoints/Qwen3-8B
@@ -41,8 +41,8 @@ import ml_collections
 
 from draftopd_jax.parallel import sharding
 
-VARIANTS = ("dflash", "corpus", "eagle3", "quick", "eagle3_quick", "qwen3_8b_pod", "plateau", "continue",
-            "opd_pool", "eagle3_sft", "eagle3_continue")
+VARIANTS = ("dflash", "corpus", "eagle3", "quick", "eagle3_quick", "qwen3_8b_pod", "plateau",
+            "continue", "opd_pool", "eagle3_sft", "eagle3_continue")
 
 PAPER_VARIANTS = ("plateau", "continue", "opd_pool", "eagle3_sft", "eagle3_continue")
 # The paper-reproduction branches (shared with configs/opd.py:branch). All three start from the

@@ -63,9 +63,6 @@ class FeatureCache:
     self._features = np.load(root / "features.npy", mmap_mode="r")
     self._offsets = np.load(root / "offsets.npy")
 
-  def __len__(self) -> int:
-    return len(self._offsets) - 1
-
   def batch(self, indices: Sequence[int], seq_len: int) -> np.ndarray:
     """bfloat16 [B, seq_len, F, D] features of examples `indices`, zero past their ends (the
     positions `training.data.to_batch` pads, which no block ever sees as context)."""

@@ -3,7 +3,8 @@
 `Transformer` is a Flax NNX module; everything outside this file uses it through `forward(cfg,
 params, ...)`, where `params` is a plain nested dict of arrays (`nnx.to_pure_dict` of the module
 state). Layer weights are stored stacked on a leading axis (one tree for checkpoints and sharding
-rules); a single forward scans over them, a decoding loop runs them unrolled. One forward serves prefill, cached decoding and multi-token verification.
+rules); a single forward scans over them, a decoding loop runs them unrolled. One forward serves
+prefill, cached decoding and multi-token verification.
 """
 
 import functools
