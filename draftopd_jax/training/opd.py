@@ -23,7 +23,7 @@ from draftopd_jax.decoding.drafters import DFlashDrafter, Eagle3Drafter
 from draftopd_jax.decoding.sampling import SamplingConfig
 from draftopd_jax.errors import UserError
 from draftopd_jax.io import LoadedModel, load_model
-from draftopd_jax.io.drafter_checkpoint import load_drafter, save_drafter
+from draftopd_jax.io.drafter_checkpoint import load_drafter, read_meta, save_drafter
 from draftopd_jax.parallel import sharding
 from draftopd_jax.training import flops, opd_step, plots, trainer
 from draftopd_jax.training.opd_losses import LossOptions
@@ -91,11 +91,7 @@ def check_step_memory(config, vocab_size: int) -> None:
   (random anchors)."""
   r = config.rollout
   if config.init_from:
-    meta = pathlib.Path(config.init_from) / "drafter.json"
-    if not meta.is_file():
-      raise UserError(f"config.init_from={config.init_from} is not a drafter checkpoint (no "
-                      "drafter.json)")
-    k = json.loads(meta.read_text())["config"]["block_size"]
+    k = read_meta(config.init_from)[1]["config"]["block_size"]
   else:
     k = config.warmup.drafter.block_size
   blocks = r.batch_size * r.max_new_tokens * (2 if r.anchors == "random" else 1)

@@ -1,0 +1,50 @@
+"""Shipped drafters: the packed bfloat16 form, and names that resolve wherever a checkpoint does."""
+
+import jax
+import ml_dtypes
+import numpy as np
+import pytest
+
+from draftopd_jax.decoding.drafters import DFlashDrafter, Eagle3Drafter
+from draftopd_jax.errors import UserError
+from draftopd_jax.io import zoo
+from draftopd_jax.io.drafter_checkpoint import load_drafter, pack_drafter, read_meta, save_drafter
+from draftopd_jax.models import ModelConfig, dflash, eagle3
+
+CFG = ModelConfig(family="qwen3", vocab_size=53, hidden_size=32, num_layers=4, num_heads=4,
+                  num_kv_heads=2, head_dim=8, intermediate_size=64, qk_norm=True)
+
+
+def test_a_packed_drafter_loads_as_its_bfloat16_rounded_weights(tmp_path):
+  cfg = dflash.DFlashConfig.for_target(CFG, num_layers=2, block_size=4, mask_token_id=52)
+  params = dflash.init_params(cfg, seed=1)
+  save_drafter(tmp_path / "full", DFlashDrafter(cfg), params, CFG)
+  pack_drafter(tmp_path / "full", tmp_path / "packed")
+
+  assert sorted(p.name for p in (tmp_path / "packed").iterdir()) == ["drafter.json",
+                                                                      "params.safetensors"]
+  drafter, loaded = load_drafter(tmp_path / "packed", CFG)
+  assert drafter == DFlashDrafter(cfg)
+  rounded = jax.tree.map(lambda x: np.asarray(x).astype(ml_dtypes.bfloat16).astype(np.float32),
+                         params)
+  jax.tree.map(np.testing.assert_array_equal, rounded, loaded)
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(loaded))
+
+
+def test_packing_keeps_integer_arrays_exact(tmp_path):
+  cfg = eagle3.Eagle3Config.for_target(CFG, block_size=3, draft_vocab_size=16)
+  d2t = np.arange(16, dtype=np.int32) * 3
+  params = {"model": eagle3.init_params(cfg, seed=0), "d2t": d2t}
+  save_drafter(tmp_path / "full", Eagle3Drafter(cfg), params, CFG)
+  pack_drafter(tmp_path / "full", tmp_path / "packed")
+  _, loaded = load_drafter(tmp_path / "packed", CFG)
+  np.testing.assert_array_equal(loaded["d2t"], d2t)
+  assert loaded["d2t"].dtype == np.int32
+
+
+def test_drafter_names_resolve_in_one_place(tmp_path):
+  for name, folder in zoo.DRAFTER_ZOO.items():
+    assert zoo.resolve_drafter(name).name == folder
+  assert zoo.resolve_drafter(str(tmp_path)) == tmp_path
+  with pytest.raises(UserError, match="is not a drafter checkpoint"):
+    read_meta(tmp_path / "nothing-here")
