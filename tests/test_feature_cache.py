@@ -21,11 +21,11 @@ EXAMPLES = [(rng.integers(1, 53, rng.integers(3, 12)).tolist(),
 SEQ_LEN = 24
 
 
-def online_features(examples):
+def online_features(examples, layer_ids=LAYERS):
   tokens, _ = data.to_batch([data.Example(tuple(p), tuple(r)) for p, r in examples], SEQ_LEN, 0)
   b, t = tokens.shape
   out = forward(CFG, PARAMS, jnp.asarray(tokens), jnp.broadcast_to(jnp.arange(t), (b, t)),
-                KVCache.create(CFG, b, t), LAYERS)
+                KVCache.create(CFG, b, t), layer_ids)
   return tokens, np.asarray(out.hidden_BxTxFxD)
 
 
@@ -79,17 +79,17 @@ def test_other_examples_taps_or_lengths_get_their_own_cache(tmp_path):
   assert build(tmp_path).root in roots  # the same settings find the same cache
 
 
-def test_a_step_on_cached_features_equals_the_online_step():
+@pytest.mark.parametrize("distill", [False, True])
+def test_a_step_on_cached_features_equals_the_online_step(distill):
   cfg = dflash.DFlashConfig.for_target(CFG, num_layers=1, block_size=4, mask_token_id=0,
                                        target_layer_ids=LAYERS)
   drafter_params = dflash.init_params(cfg, seed=1)
-  tokens, features = online_features(EXAMPLES[:4])
+  # For distillation the cache adds the target's last layer: the teacher at labelled positions.
+  layer_ids = dflash_sft.cached_layer_ids(cfg, CFG, distill)
+  assert layer_ids == LAYERS + ((CFG.num_layers - 1,) if distill else ())
+  tokens, features = online_features(EXAMPLES[:4], layer_ids)
   _, mask = data.to_batch([data.Example(tuple(p), tuple(r)) for p, r in EXAMPLES[:4]], SEQ_LEN, 0)
   loss = lambda **cached: dflash_sft.loss_fn(
       drafter_params, cfg, CFG, PARAMS, jnp.asarray(tokens), jnp.asarray(mask),
-      jax.random.key(0), num_anchors=4, gamma=4.0, distill=False, **cached)[0]
+      jax.random.key(0), num_anchors=4, gamma=4.0, distill=distill, **cached)[0]
   np.testing.assert_allclose(loss(features_BxTxFxD=jnp.asarray(features)), loss(), rtol=1e-6)
-  with pytest.raises(ValueError, match="distribution"):
-    dflash_sft.loss_fn(drafter_params, cfg, CFG, PARAMS, jnp.asarray(tokens), jnp.asarray(mask),
-                       jax.random.key(0), num_anchors=4, gamma=4.0, distill=True,
-                       features_BxTxFxD=jnp.asarray(features))

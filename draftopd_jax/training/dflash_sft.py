@@ -4,13 +4,15 @@ Per sequence, `num_anchors` anchors are drawn among positions whose next token i
 token. Each block holds [token at anchor, MASK x (K-1)] and sees the target's features strictly
 before its anchor (the block mask of `dflash.block_logits`); slot k is trained to predict the token
 at anchor + k, with cross-entropy to that token or KL to the target's distribution there, and
-optional position weights exp(-(k-1)/gamma). The frozen target runs inside the step.
+optional position weights exp(-(k-1)/gamma). The frozen target runs inside the step, or its
+features come from a feature cache; for KL that cache also holds the target's last layer, whose
+final norm and LM head give the teacher at the labelled positions only.
 """
 
 import jax
 import jax.numpy as jnp
 
-from draftopd_jax.models import KVCache, ModelConfig, dflash, forward
+from draftopd_jax.models import KVCache, ModelConfig, dflash, forward, transformer
 
 
 def sample_anchors(rng: jax.Array, loss_mask_BxT: jax.Array, num_anchors: int
@@ -30,22 +32,34 @@ def position_weights(block_size: int, gamma: float) -> jax.Array:
   return jnp.exp(-(k - 1) / gamma) if gamma > 0 else jnp.ones_like(k)
 
 
+def cached_layer_ids(cfg: dflash.DFlashConfig, target_cfg: ModelConfig, distill: bool
+                     ) -> tuple[int, ...]:
+  """The target layers a feature cache holds for this loss: the drafter's taps, and for
+  distillation the last layer (the teacher's logits are its final norm and LM head)."""
+  return cfg.target_layer_ids + ((target_cfg.num_layers - 1,) if distill else ())
+
+
 def loss_fn(drafter_params: dict, cfg: dflash.DFlashConfig, target_cfg: ModelConfig,
             target_params: dict, tokens_BxT: jax.Array, loss_mask_BxT: jax.Array, rng: jax.Array,
             *, num_anchors: int, gamma: float, distill: bool,
             features_BxTxFxD: jax.Array | None = None) -> tuple[jax.Array, dict]:
   """Weighted mean loss over valid (anchor, slot) pairs, and metrics. `features_BxTxFxD`: the
   target's tapped features from a feature cache (data/feature_cache.py) instead of its forward
-  here; hard labels only, as the cache holds no target distribution."""
+  here; with `distill`, followed by the target's last layer (`cached_layer_ids`)."""
   b, t = tokens_BxT.shape
   k = cfg.block_size
   positions_BxT = jnp.broadcast_to(jnp.arange(t), (b, t))
+  at = lambda x_BxTx_, pos_BxL: jnp.take_along_axis(x_BxTx_, pos_BxL[..., None], axis=1)
   if features_BxTxFxD is None:
     target = forward(target_cfg, target_params, tokens_BxT, positions_BxT,
                      KVCache.create(target_cfg, b, t), cfg.target_layer_ids)
     features_BxTxFxD = target.hidden_BxTxFxD
+    teacher_logits_at = lambda pos_BxL: at(target.logits_BxTxV, pos_BxL)
   elif distill:
-    raise ValueError("distillation needs the target's distribution; cached features hold none")
+    last_BxTxD = features_BxTxFxD[:, :, -1].astype(target_cfg.jnp_dtype)
+    features_BxTxFxD = features_BxTxFxD[:, :, :-1]
+    teacher_logits_at = lambda pos_BxL: transformer.bind(target_cfg, target_params).logits(
+        at(last_BxTxD, pos_BxL))
   features_BxTxFxD = jax.lax.stop_gradient(features_BxTxFxD.astype(cfg.layer.jnp_dtype))
   cache = dflash.write_context(cfg, drafter_params, dflash.ContextCache.create(cfg, b, t),
                                features_BxTxFxD, positions_BxT)
@@ -63,10 +77,9 @@ def loss_fn(drafter_params: dict, cfg: dflash.DFlashConfig, target_cfg: ModelCon
   labels_BxNxK1 = gather(tokens_BxT)
   valid_BxNxK1 = valid_BxN[..., None] & in_range & gather(loss_mask_BxT)
   if distill:  # soft targets: the target's distribution for the token at anchor + k
-    teacher_BxTxV = jax.nn.softmax(jax.lax.stop_gradient(target.logits_BxTxV), axis=-1)
-    teacher_BxNxK1xV = jnp.take_along_axis(
-        teacher_BxTxV, (label_pos_BxNxK1 - 1).reshape(b, -1)[..., None], axis=1
-    ).reshape(student_BxNxK1xV.shape)
+    teacher_BxNK1xV = teacher_logits_at((label_pos_BxNxK1 - 1).reshape(b, -1))
+    teacher_BxNxK1xV = jax.nn.softmax(jax.lax.stop_gradient(teacher_BxNK1xV), axis=-1).reshape(
+        student_BxNxK1xV.shape)
     loss_BxNxK1 = -jnp.sum(teacher_BxNxK1xV * student_BxNxK1xV, axis=-1)
   else:
     loss_BxNxK1 = -jnp.take_along_axis(student_BxNxK1xV, labels_BxNxK1[..., None], -1)[..., 0]

@@ -32,12 +32,16 @@ def dflash_forward(cfg: dflash.DFlashConfig, target: ModelConfig, context_tokens
 
 
 def dflash_train(cfg: dflash.DFlashConfig, target: ModelConfig, batch: int, seq_len: int,
-                 num_anchors: int, cached_features: bool = False) -> dict[str, float]:
-  """Target forward over the batch (none with a feature cache, whose one-off cost its manifest
-  counts), drafter forward + backward over all blocks."""
+                 num_anchors: int, cached_features: bool = False, distill: bool = False
+                 ) -> dict[str, float]:
+  """Target forward over the batch (with a feature cache, whose one-off cost its manifest
+  counts, only the teacher's LM head at the labelled positions when distilling), drafter
+  forward + backward over all blocks."""
   drafter = dflash_forward(cfg, target, batch * seq_len, batch * num_anchors * cfg.block_size,
                            seq_len)
-  target_flops = 0.0 if cached_features else target_forward(target, batch * seq_len, seq_len)
+  labelled = batch * num_anchors * (cfg.block_size - 1)
+  target_flops = (2.0 * labelled * target.hidden_size * target.vocab_size * distill
+                  if cached_features else target_forward(target, batch * seq_len, seq_len))
   return {"target_forward": target_flops, "drafter_forward": drafter,
           "drafter_backward": 2 * drafter}
 

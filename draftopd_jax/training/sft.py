@@ -28,7 +28,7 @@ from draftopd_jax.io import LoadedModel, load_model, zoo
 from draftopd_jax.io.drafter_checkpoint import load_drafter, save_drafter
 from draftopd_jax.models import dflash, eagle3
 from draftopd_jax.parallel import distributed, sharding
-from draftopd_jax.training import data, flops, trainer
+from draftopd_jax.training import data, dflash_sft, flops, trainer
 from draftopd_jax.training.checkpoints import Checkpointer
 from draftopd_jax.training.preemption import Preempted, PreemptionWatch
 from draftopd_jax.training.heldout import HeldoutTau
@@ -111,7 +111,8 @@ def target_features(config, model: LoadedModel, drafter: DFlashDrafter,
   cache_dir = d.feature_cache_dir or zoo.default_cache_dir() / "features"
   build = lambda: feature_cache.build(
       [(e.prompt_ids, e.response_ids) for e in examples], model.cfg, model.params,
-      regeneration.target_fingerprints(model)["weights"], drafter.cfg.target_layer_ids,
+      regeneration.target_fingerprints(model)["weights"],
+      dflash_sft.cached_layer_ids(drafter.cfg, model.cfg, config.train.loss == "kl"),
       d.seq_len, cache_dir, show_progress=jax.process_index() == 0)
   if jax.process_index() == 0:
     cache = build()
@@ -177,9 +178,8 @@ def run_sft(config, workdir: str | None) -> dict:
   t = config.train
   if t.loss not in ("ce", "kl"):
     raise UserError(f"train.loss={t.loss!r}; choose ce or kl")
-  if config.data.feature_cache and (config.drafter.kind != "dflash" or t.loss != "ce"):
-    raise UserError("data.feature_cache serves DFlash SFT with train.loss=ce only (it holds the "
-                    "target's features, not its distribution); set data.feature_cache=False")
+  if config.data.feature_cache and config.drafter.kind != "dflash":
+    raise UserError("data.feature_cache serves DFlash SFT only; set data.feature_cache=False")
   mesh = trainer.training_mesh(config.mesh, config.sharding_rules, t.batch_size)
   model = load_model(config.model, dtype=config.dtype)
   check_step_memory(config, model.cfg.vocab_size)
@@ -208,7 +208,8 @@ def run_sft(config, workdir: str | None) -> dict:
     state, position = checkpointer.restore(state)
     print(f"resumed from step {int(state.step)} (data position {position})")
   step_flops = (flops.dflash_train(drafter.cfg, model.cfg, t.batch_size, config.data.seq_len,
-                                   t.num_anchors, cached_features=features is not None) if isinstance(drafter, DFlashDrafter) else
+                                   t.num_anchors, cached_features=features is not None,
+                                   distill=t.loss == "kl") if isinstance(drafter, DFlashDrafter) else
                 flops.eagle3_train(drafter.cfg, model.cfg, t.batch_size, config.data.seq_len,
                                    t.ttt_steps))
   flops_per_step = sum(step_flops.values())
