@@ -42,9 +42,16 @@ def test_packing_keeps_integer_arrays_exact(tmp_path):
   assert loaded["d2t"].dtype == np.int32
 
 
-def test_drafter_names_resolve_in_one_place(tmp_path):
-  for name, folder in zoo.DRAFTER_ZOO.items():
-    assert zoo.resolve_drafter(name).name == folder
+def test_drafter_names_resolve_in_one_place(tmp_path, monkeypatch):
+  cfg = dflash.DFlashConfig.for_target(CFG, num_layers=1, block_size=4, mask_token_id=52)
+  save_drafter(tmp_path / "full", DFlashDrafter(cfg), dflash.init_params(cfg), CFG)
+  pack_drafter(tmp_path / "full", tmp_path / "zoo" / "tiny-dflash")
+  monkeypatch.setattr(zoo, "_DRAFTER_DIR", tmp_path / "zoo")
+  monkeypatch.setattr(zoo, "DRAFTER_ZOO", {"tiny-dflash": "tiny-dflash", "gone": "gone"})
+  drafter, _ = load_drafter("tiny-dflash", CFG)
+  assert drafter == DFlashDrafter(cfg)
+  with pytest.raises(UserError, match="'gone' is not in this installation"):
+    load_drafter("gone", CFG)
   assert zoo.resolve_drafter(str(tmp_path)) == tmp_path
   with pytest.raises(UserError, match="is not a drafter checkpoint"):
     read_meta(tmp_path / "nothing-here")
