@@ -11,6 +11,7 @@ setup(
     version="0.1.0",
     description=__doc__.splitlines()[0],
     packages=find_packages(include=["draftopd_jax*", "pallas_kernels*"]),
+    package_data={"draftopd_jax": ["drafters/*/*"]},  # shipped drafters (io/zoo.py:DRAFTER_ZOO)
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.7",

@@ -99,9 +99,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       temperature=0.0,  # regeneration: 0 = greedy
       regen_batch_size=16,
       seq_len=320,  # prompt + response, padded or truncated
-      # DFlash with train.loss=ce: the target's tapped features computed once and kept on disk
-      # (bfloat16, data/feature_cache.py) instead of a target forward in every step; for small
-      # targets read for many epochs. "" = the user cache dir (DRAFTOPD_CACHE).
+      # DFlash: the target's tapped features (with train.loss=kl also its last layer, for the
+      # teacher) computed once and kept on disk (bfloat16, data/feature_cache.py) instead of a
+      # target forward in every step; for small targets read for many epochs. "" = the user
+      # cache dir (DRAFTOPD_CACHE).
       feature_cache=False, feature_cache_dir="",
   ))
   c.train = ml_collections.ConfigDict(dict(

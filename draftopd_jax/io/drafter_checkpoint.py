@@ -13,8 +13,8 @@ import json
 import pathlib
 
 import jax
-import numpy as np
 import ml_dtypes
+import numpy as np
 import orbax.checkpoint as ocp
 from safetensors.numpy import load_file, save_file
 

@@ -49,6 +49,7 @@ def loss_fn(drafter_params: dict, cfg: dflash.DFlashConfig, target_cfg: ModelCon
   b, t = tokens_BxT.shape
   k = cfg.block_size
   positions_BxT = jnp.broadcast_to(jnp.arange(t), (b, t))
+  # rows [B, L, ...] of a [B, T, ...] array at positions [B, L]
   at = lambda x_BxTx_, pos_BxL: jnp.take_along_axis(x_BxTx_, pos_BxL[..., None], axis=1)
   if features_BxTxFxD is None:
     target = forward(target_cfg, target_params, tokens_BxT, positions_BxT,

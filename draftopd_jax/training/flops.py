@@ -40,8 +40,10 @@ def dflash_train(cfg: dflash.DFlashConfig, target: ModelConfig, batch: int, seq_
   drafter = dflash_forward(cfg, target, batch * seq_len, batch * num_anchors * cfg.block_size,
                            seq_len)
   labelled = batch * num_anchors * (cfg.block_size - 1)
-  target_flops = (2.0 * labelled * target.hidden_size * target.vocab_size * distill
-                  if cached_features else target_forward(target, batch * seq_len, seq_len))
+  if not cached_features:
+    target_flops = target_forward(target, batch * seq_len, seq_len)
+  else:
+    target_flops = 2.0 * labelled * target.hidden_size * target.vocab_size if distill else 0.0
   return {"target_forward": target_flops, "drafter_forward": drafter,
           "drafter_backward": 2 * drafter}
 
