@@ -36,6 +36,14 @@ def test_sharded_opd_step_equals_single_device():
   assert "max param diff" in result.stdout
 
 
+def test_regeneration_split_over_devices_equals_one_device():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  result = subprocess.run([sys.executable, str(HERE / "multidevice" / "sharded_regeneration.py")],
+                          env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+  assert "identical" in result.stdout
+
+
 def free_port() -> int:
   with socket.socket() as s:
     s.bind(("localhost", 0))

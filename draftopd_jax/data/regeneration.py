@@ -1,10 +1,13 @@
 """`main.py` mode `corpus`: the target answers ShareGPT user turns; the answers fill a `Corpus`.
 
 A shard's prompts are generated in order of length, batch by batch (or with continuous batching,
-an option: see `generate_shard`). The progress bar counts generated tokens and shows tokens/s. Every process of a multi-process run generates (one SPMD
-computation); process 0 writes. A stopped run resumes at the first shard not in the manifest.
+an option: see `generate_shard`). The progress bar counts generated tokens and shows tokens/s.
+A single process with several devices splits each batch's rows over them; every process of a
+multi-process run generates (one SPMD computation), and process 0 writes. A stopped run resumes
+at the first shard not in the manifest.
 """
 
+import dataclasses
 import itertools
 import pathlib
 import time
@@ -12,6 +15,7 @@ from collections.abc import Iterator
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding
 from tqdm import tqdm
 
 from draftopd_jax.data.corpus import Corpus, CorpusSettings, Shard, fit_prompt, params_fingerprint
@@ -21,7 +25,7 @@ from draftopd_jax.decoding.completions import pad_batch
 from draftopd_jax.decoding.sampling import SamplingConfig
 from draftopd_jax.errors import UserError
 from draftopd_jax.io import LoadedModel, load_model
-from draftopd_jax.parallel import distributed
+from draftopd_jax.parallel import distributed, sharding
 
 
 def settings_of(config) -> CorpusSettings:
@@ -56,9 +60,18 @@ def fitted_prompts(model: LoadedModel, settings: CorpusSettings
       yield prompt_id, ids
 
 
+def rows_sharding() -> NamedSharding | None:
+  """Batch rows split over this process's devices, or None with one device (and in a
+  multi-process run, where each process runs the whole batch). On CPU, two fake devices with one
+  thread each decode faster than one device with two threads (docs/data.md)."""
+  if jax.process_count() > 1 or jax.local_device_count() == 1:
+    return None
+  return sharding.batch_sharding(sharding.make_mesh(), sharding.DEFAULT_RULES)
+
+
 def generate_shard(model: LoadedModel, prompts: list[list[int]], settings: CorpusSettings,
-                   batch_size: int, continuous_batching: bool, bar: tqdm, seed: int
-                   ) -> tuple[list[list[int]], int]:
+                   batch_size: int, continuous_batching: bool, bar: tqdm, seed: int,
+                   split: NamedSharding | None = None) -> tuple[list[list[int]], int]:
   """Responses in prompt order, and the decode slots spent (steps x rows; with the response
   tokens, how busy the batch was). Prompts go in by length, so the rows of a batch (or the rows
   refilled together) pad to nearly the same width.
@@ -66,6 +79,7 @@ def generate_shard(model: LoadedModel, prompts: list[list[int]], settings: Corpu
   Batch by batch, each batch runs to its longest answer; with `continuous_batching` a finished
   row takes the next prompt instead, but every row then attends over a buffer sized for the
   longest prompt of the shard, which on CPU cost more than the idle rows it saves (docs/data.md).
+  `split` (batch by batch only) shards each batch's rows over devices.
   """
   order = np.argsort([len(p) for p in prompts], kind="stable")
   sorted_prompts = [prompts[i] for i in order]
@@ -80,7 +94,10 @@ def generate_shard(model: LoadedModel, prompts: list[list[int]], settings: Corpu
     responses, slots = [], 0
     for start in range(0, len(sorted_prompts), batch_size):
       rows = sorted_prompts[start:start + batch_size]
-      state = engine.run(model.cfg, model.params, *pad_batch(rows, tokenizer.pad_id),
+      prompt_BxP, mask_BxP = pad_batch(rows, tokenizer.pad_id)
+      if split is not None and len(rows) % split.num_devices == 0:
+        prompt_BxP, mask_BxP = jax.device_put((prompt_BxP, mask_BxP), split)
+      state = engine.run(model.cfg, model.params, prompt_BxP, mask_BxP,
                          max_new_tokens=settings.response_tokens, sampling=sampling,
                          eos_ids=tokenizer.eos_ids, seed=seed + start, progress=bar)
       responses += engine.new_tokens(state)
@@ -95,6 +112,10 @@ def build(config, root: str | pathlib.Path, model: LoadedModel | None = None) ->
   """Adds shards to the corpus at `root` until it holds `config.data.num_prompts` prompts."""
   d = config.data
   model = model or load_model(config.model, dtype=config.dtype)
+  split = None if d.continuous_batching else rows_sharding()
+  if split is not None:
+    model = dataclasses.replace(model, params=jax.device_put(model.params,
+                                                             sharding.replicated(split.mesh)))
   settings = settings_of(config)
   corpus = open_corpus(root, settings, model)
   distributed.barrier("corpus-manifest-read")
@@ -107,7 +128,7 @@ def build(config, root: str | pathlib.Path, model: LoadedModel | None = None) ->
       start = time.perf_counter()
       ids, prompts = zip(*batch)
       responses, slots = generate_shard(model, list(prompts), settings, d.regen_batch_size,
-                                        d.continuous_batching, bar, seed=config.seed + done)
+                                        d.continuous_batching, bar, seed=config.seed + done, split=split)
       seconds = time.perf_counter() - start
       if writer:
         corpus.add_shard(Shard(list(ids), list(prompts), responses),
