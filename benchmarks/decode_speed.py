@@ -12,9 +12,9 @@ import json
 
 import numpy as np
 import torch
+from side_by_side import interleaved_medians, load_both
 
 from draftopd_jax.decoding import generate
-from side_by_side import interleaved_medians, load_both
 
 PROMPT = "Write a Python function that checks whether a string is a palindrome."
 

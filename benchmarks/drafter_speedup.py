@@ -24,13 +24,13 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from draftopd_jax.data import prompts
+from draftopd_jax.data.batching import encode_prompts
 from draftopd_jax.decoding import engine
-from draftopd_jax.decoding.completions import encode_prompts
-from draftopd_jax.decoding.drafters import Autoregressive
-from draftopd_jax.decoding.sampling import SamplingConfig
 from draftopd_jax.io import load_model
 from draftopd_jax.io.drafter_checkpoint import load_drafter
 from draftopd_jax.io.zoo import resolve
+from draftopd_jax.models.drafters import Autoregressive
+from draftopd_jax.sampling import SamplingConfig
 
 SETS = ("humaneval", "mtbench", "sharegpt")
 

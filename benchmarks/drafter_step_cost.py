@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from draftopd_jax.decoding import engine
-from draftopd_jax.decoding.drafters import DFlashDrafter
 from draftopd_jax.io import load_model
 from draftopd_jax.models import dflash
+from draftopd_jax.models.drafters import DFlashDrafter
 
 NEW_TOKENS = 64
 

@@ -12,10 +12,10 @@ import argparse
 import json
 
 import torch
-
-from draftopd_jax.decoding import generate
-from draftopd_jax.decoding.completions import pad_batch
 from side_by_side import chat_prompts, interleaved_medians, load_both
+
+from draftopd_jax.data.batching import pad_batch
+from draftopd_jax.decoding import generate
 
 
 def main() -> None:

@@ -26,13 +26,16 @@ import jax
 import numpy as np
 
 from draftopd_jax.data import prompts
-from draftopd_jax.decoding.completions import encode_prompts
-from draftopd_jax.decoding.drafters import DFlashDrafter
+from draftopd_jax.data.batching import encode_prompts
 from draftopd_jax.io import load_model
 from draftopd_jax.io.drafter_checkpoint import load_drafter
+from draftopd_jax.jobs import opd
 from draftopd_jax.models import dflash
-from draftopd_jax.training import anchor_plan, opd, opd_replay, opd_step, trainer
-from draftopd_jax.training.opd_losses import LossOptions
+from draftopd_jax.models.drafters import DFlashDrafter
+from draftopd_jax.opd import anchor_plan, replay, update_step
+from draftopd_jax.opd.losses import LossOptions
+from draftopd_jax.sft import dflash_loss
+from draftopd_jax.training import trainer
 
 
 def timed(fn, *args) -> float:
@@ -59,29 +62,29 @@ def main() -> None:
   texts = prompts.sharegpt_prompts("train", 64)
   rows = [ids for ids in encode_prompts(model, texts, True) if len(ids) <= args.prompt_width]
   batch = opd.fixed_width_batch(rows[:args.batch], args.prompt_width, model.tokenizer.pad_id)
-  rollout = opd_step.RolloutOptions(max_new_tokens=args.new_tokens,
+  rollout = update_step.RolloutOptions(max_new_tokens=args.new_tokens,
                                     eos_ids=model.tokenizer.eos_ids)
   loss = LossOptions()
   optimizer = trainer.make_optimizer(3e-4, 5, 100)
   target = model.params
 
-  rollout_fn = jax.jit(lambda p, prompt, mask, record: opd_step.run_rollout(
+  rollout_fn = jax.jit(lambda p, prompt, mask, record: update_step.run_rollout(
       drafter, p, model.cfg, target, prompt, mask, jax.random.key(0), rollout,
       record_teacher=record), static_argnums=3)
   decoded = rollout_fn(params, *batch, True)
-  teacher = opd_replay.from_rollout(decoded)
+  teacher = replay.from_rollout(decoded)
   plan = anchor_plan.from_trace(decoded.trace, k)
-  target_pass_fn = jax.jit(lambda tokens, anchors: opd_replay.target_pass(
+  target_pass_fn = jax.jit(lambda tokens, anchors: replay.target_pass(
       cfg.target_layer_ids, model.cfg, target, tokens, anchors, k, full_rows=False))
-  replay_fn = jax.jit(jax.value_and_grad(lambda p, tokens, plan, teacher: opd_replay.loss_fn(
+  replay_fn = jax.jit(jax.value_and_grad(lambda p, tokens, plan, teacher: replay.loss_fn(
       p, drafter, None, model.cfg, target, tokens, plan, teacher, loss)[0]))
   _, grads = replay_fn(params, decoded.tokens_BxS, plan, teacher)
   opt_state = optimizer.init(params)
   update_fn = jax.jit(lambda g, s, p: optimizer.update(g, s, p))
-  fused = jax.jit(opd_step.opd_step_fn(drafter=drafter, target_cfg=model.cfg,
+  fused = jax.jit(update_step.opd_step_fn(drafter=drafter, target_cfg=model.cfg,
                                        optimizer=optimizer, rollout=rollout, loss=loss))
   seq_len = decoded.tokens_BxS.shape[1]
-  sft = jax.jit(trainer.dflash_step_fn(cfg=cfg, target_cfg=model.cfg, optimizer=optimizer,
+  sft = jax.jit(dflash_loss.step_fn(cfg=cfg, target_cfg=model.cfg, optimizer=optimizer,
                                        num_anchors=16, gamma=0.0, distill=False))
   sft_tokens = np.asarray(decoded.tokens_BxS)
   sft_mask = np.broadcast_to(np.arange(seq_len) >= args.prompt_width, sft_tokens.shape)
@@ -107,7 +110,7 @@ def main() -> None:
   split = sum(medians[p] for p in phase_names)
   result = {
       "batch": args.batch, "seq_len": seq_len, "target_tokens_per_step": args.batch * seq_len,
-      "rollout_tau": float(opd_step.rollout_metrics(decoded.trace, plan)["rollout_tau"]),
+      "rollout_tau": float(update_step.rollout_metrics(decoded.trace, plan)["rollout_tau"]),
       "seconds": {name: round(v, 3) for name, v in medians.items()},
       "share": {p: round(medians[p] / split, 3) for p in phase_names},
       "opd_to_sft_step_ratio": round(medians["opd_step"] / medians["sft_step"], 2),

@@ -1,5 +1,5 @@
 """Labelled tokens per second of DFlash SFT on this machine: the target online (its forward in
-every step) against the feature cache (data/feature_cache.py), at several anchor counts.
+every step) against the feature cache (sft/feature_cache.py), at several anchor counts.
 
   python benchmarks/sft_throughput.py [--runs 3] [--anchors 16,48] [--batch 4]
 
@@ -18,14 +18,14 @@ import tempfile
 import time
 
 import jax
-import numpy as np
-
 from side_by_side import interleaved_medians
-from draftopd_jax.data import feature_cache
+
 from draftopd_jax.data.regeneration import load_corpus
 from draftopd_jax.io import load_model
+from draftopd_jax.jobs import sft
 from draftopd_jax.models import dflash
-from draftopd_jax.training import data, sft, trainer
+from draftopd_jax.sft import data, dflash_loss, feature_cache
+from draftopd_jax.training import trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SEQ_LEN = 512
@@ -53,7 +53,7 @@ def main() -> None:
 
     def contender(num_anchors: int, cached: bool):
       optimizer = trainer.make_optimizer(1e-4, 10, 1000)
-      step = jax.jit(trainer.dflash_step_fn(cfg=drafter_cfg, target_cfg=model.cfg,
+      step = jax.jit(dflash_loss.step_fn(cfg=drafter_cfg, target_cfg=model.cfg,
                                             optimizer=optimizer, num_anchors=num_anchors,
                                             gamma=config.train.gamma, distill=False),
                      donate_argnums=0)

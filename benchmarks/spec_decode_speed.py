@@ -25,14 +25,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from draftopd_jax.data.batching import encode_prompts
 from draftopd_jax.decoding import engine
-from draftopd_jax.decoding.completions import encode_prompts
-from draftopd_jax.decoding.drafters import Autoregressive, Oracle
-from draftopd_jax.decoding.sampling import SamplingConfig
 from draftopd_jax.io import load_model
-from draftopd_jax.evaluation.run import timed_decode
 from draftopd_jax.io.drafter_checkpoint import load_drafter
+from draftopd_jax.jobs.eval import timed_decode
 from draftopd_jax.models import forward
+from draftopd_jax.models.drafters import Autoregressive, Oracle
+from draftopd_jax.sampling import SamplingConfig
 
 PROMPTS = ["Write a Python function that checks whether a string is a palindrome.",
            "Explain in three sentences why the sky is blue.",

@@ -100,7 +100,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       regen_batch_size=16,
       seq_len=320,  # prompt + response, padded or truncated
       # DFlash: the target's tapped features (with train.loss=kl also its last layer, for the
-      # teacher) computed once and kept on disk (bfloat16, data/feature_cache.py) instead of a
+      # teacher) computed once and kept on disk (bfloat16, sft/feature_cache.py) instead of a
       # target forward in every step; for small targets read for many epochs. "" = the user
       # cache dir (DRAFTOPD_CACHE).
       feature_cache=False, feature_cache_dir="",

@@ -4,8 +4,7 @@ The config file's `mode` picks the job. Any `--config.key=value` overrides a fie
 file may take a variant as `--config=configs/job.py:variant`.
 """
 
-import json
-import pathlib
+import importlib
 import sys
 
 from absl import app, flags, logging
@@ -25,60 +24,15 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's index in the
 flags.mark_flag_as_required("config")
 
 
-def run_generate(config, workdir: str | None) -> None:
-  from draftopd_jax.data.prompts import read_prompts_file
-  from draftopd_jax.decoding.completions import complete
-  from draftopd_jax.decoding.sampling import SamplingConfig
-  from draftopd_jax.io import load_model
-
-  prompts = read_prompts_file(config.prompts_file) if config.prompts_file else list(config.prompts)
-  sampling = SamplingConfig(**config.sampling)
-  model = load_model(config.model, dtype=config.dtype)
-  completions = complete(model, prompts, max_new_tokens=config.max_new_tokens, sampling=sampling,
-                         batch_size=config.batch_size, chat_template=config.chat_template,
-                         max_prompt_tokens=config.max_prompt_tokens or None, seed=config.seed)
-  for prompt, completion in zip(prompts, completions):
-    print(f"### prompt\n{prompt}\n### completion\n{completion}\n")
-  if workdir:
-    out = pathlib.Path(workdir)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "completions.jsonl", "w") as f:
-      for prompt, completion in zip(prompts, completions):
-        f.write(json.dumps({"prompt": prompt, "completion": completion}) + "\n")
-
-
-def run_corpus(config, workdir: str | None) -> None:
-  from draftopd_jax.data.regeneration import run_corpus as build
-
-  build(config, workdir)
-
-
-def run_eval(config, workdir: str | None) -> None:
-  from draftopd_jax.evaluation.run import run_eval as evaluate
-
-  evaluate(config, workdir)
-
-
-def run_sft(config, workdir: str | None) -> None:
-  from draftopd_jax.training.sft import run_sft as train
-
-  train(config, workdir)
-
-
-def run_opd(config, workdir: str | None) -> None:
-  from draftopd_jax.training.opd import run_opd as train
-
-  train(config, workdir)
-
-
-def run_export(config, workdir: str | None) -> None:
-  from draftopd_jax.io.export import run_export as export
-
-  export(config, workdir)
-
-
-MODES = {"generate": run_generate, "corpus": run_corpus, "eval": run_eval, "sft": run_sft, "opd": run_opd,
-         "export": run_export}
+# mode -> (module, function): imported only when run, so `--help` and config errors stay fast.
+MODES = {
+    "generate": ("draftopd_jax.jobs.generate", "run_generate"),
+    "corpus": ("draftopd_jax.jobs.corpus", "run_corpus"),
+    "eval": ("draftopd_jax.jobs.eval", "run_eval"),
+    "sft": ("draftopd_jax.jobs.sft", "run_sft"),
+    "opd": ("draftopd_jax.jobs.opd", "run_opd"),
+    "export": ("draftopd_jax.jobs.export", "run_export"),
+}
 
 
 def main(argv: list[str]) -> None:
@@ -96,10 +50,11 @@ def main(argv: list[str]) -> None:
     if config.get("mode") not in MODES:
       raise UserError(f"config.mode={config.get('mode')!r} is not a mode; choose one of "
                       f"{', '.join(MODES)}")
-    from draftopd_jax import config_check
+    from draftopd_jax.jobs import config_check
 
     config_check.check(config)
-    MODES[config.mode](config, _WORKDIR.value)
+    module, function = MODES[config.mode]
+    getattr(importlib.import_module(module), function)(config, _WORKDIR.value)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

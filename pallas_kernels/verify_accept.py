@@ -23,7 +23,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pltriton
 
-from draftopd_jax.decoding import noise
+from draftopd_jax.sampling import noise
 
 # Columns of the per-row statistics block [K, NUM_STATS].
 MAX, SUM_EXP, ARGMAX, CHECKED_LOGIT, MAX_T, SUM_EXP_T, BEST_PERTURBED, SAMPLED = range(8)

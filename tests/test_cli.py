@@ -7,11 +7,11 @@ import sys
 
 import gguf
 import pytest
-
 from conftest import tiny_hf_model
+from gguf_writer import write_tiny_gguf
+
 from draftopd_jax.errors import UserError
 from draftopd_jax.io import zoo
-from gguf_writer import write_tiny_gguf
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

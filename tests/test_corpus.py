@@ -83,8 +83,8 @@ def test_a_damaged_shard_is_refused(tmp_path):
 @pytest.mark.slow
 def test_regeneration_fills_shards_and_resumes(smollm, tmp_path):
   from draftopd_jax.data import regeneration
+  from draftopd_jax.data.batching import pad_batch
   from draftopd_jax.decoding import generate
-  from draftopd_jax.decoding.completions import pad_batch
 
   config = runpy.run_path(str(ROOT / "configs" / "corpus.py"))["get_config"]("quick")
   config.data.num_prompts = 4  # one shard, then extended to two
@@ -109,7 +109,7 @@ def test_regeneration_fills_shards_and_resumes(smollm, tmp_path):
   # SFT trains on it through data.corpus, checked against the target it was made with.
   sft = runpy.run_path(str(ROOT / "configs" / "sft.py"))["get_config"]("quick")
   sft.data.update(corpus=str(tmp_path), corpus_examples=5)
-  from draftopd_jax.training.sft import corpus_examples
+  from draftopd_jax.jobs.sft import corpus_examples
   assert [(list(e.prompt_ids), list(e.response_ids)) for e in corpus_examples(sft, smollm)] == \
       examples[:5]
   sft.data.corpus_examples = 7

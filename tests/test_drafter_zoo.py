@@ -5,11 +5,16 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from draftopd_jax.decoding.drafters import DFlashDrafter, Eagle3Drafter
 from draftopd_jax.errors import UserError
 from draftopd_jax.io import zoo
-from draftopd_jax.io.drafter_checkpoint import load_drafter, pack_drafter, read_meta, save_drafter
+from draftopd_jax.io.drafter_checkpoint import (
+  load_drafter,
+  pack_drafter,
+  read_meta,
+  save_drafter,
+)
 from draftopd_jax.models import ModelConfig, dflash, eagle3
+from draftopd_jax.models.drafters import DFlashDrafter, Eagle3Drafter
 
 CFG = ModelConfig(family="qwen3", vocab_size=53, hidden_size=32, num_layers=4, num_heads=4,
                   num_kv_heads=2, head_dim=8, intermediate_size=64, qk_norm=True)

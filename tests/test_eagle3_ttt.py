@@ -52,7 +52,7 @@ def test_ttt_alignment_by_hand():
 def test_eagle3_ttt_loss_trains():
   import optax
 
-  from draftopd_jax.training import eagle3_sft
+  from draftopd_jax.sft import eagle3_loss
 
   tokens = jnp.asarray(np.random.default_rng(1).integers(0, CFG.vocab_size, (2, 12)))
   mask = jnp.arange(12)[None].repeat(2, 0) >= 4
@@ -60,7 +60,7 @@ def test_eagle3_ttt_loss_trains():
   params = {"model": E_PARAMS, "d2t": d2t}
 
   def loss(model):
-    return eagle3_sft.loss_fn({"model": model, "d2t": d2t}, E_CFG, CFG, PARAMS, tokens, mask,
+    return eagle3_loss.loss_fn({"model": model, "d2t": d2t}, E_CFG, CFG, PARAMS, tokens, mask,
                               steps=3)[0]
 
   opt = optax.adam(1e-2)

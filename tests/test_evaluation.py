@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from draftopd_jax.data.prompts import is_heldout, mtbench_first_turns, sharegpt_prompts
-from draftopd_jax.decoding.drafters import DFlashDrafter, Eagle3Drafter
 from draftopd_jax.decoding.engine import Trace
 from draftopd_jax.errors import UserError
 from draftopd_jax.evaluation import metrics
 from draftopd_jax.io.drafter_checkpoint import load_drafter, save_drafter
 from draftopd_jax.models import ModelConfig, dflash, eagle3
+from draftopd_jax.models.drafters import DFlashDrafter, Eagle3Drafter
 
 CFG = ModelConfig(family="llama", vocab_size=64, hidden_size=32, num_layers=6, num_heads=4,
                   num_kv_heads=2, head_dim=8, intermediate_size=48)

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from draftopd_jax.decoding.drafters import DFlashDrafter, Eagle3Drafter
 from draftopd_jax.errors import UserError
 from draftopd_jax.io import export
 from draftopd_jax.io.drafter_checkpoint import save_drafter
 from draftopd_jax.models import ModelConfig, dflash, eagle3, init_params
+from draftopd_jax.models.drafters import DFlashDrafter, Eagle3Drafter
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TARGET_CFG = ModelConfig(family="llama", vocab_size=64, hidden_size=32, num_layers=4, num_heads=4,

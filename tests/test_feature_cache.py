@@ -7,9 +7,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from draftopd_jax.data import feature_cache
 from draftopd_jax.models import KVCache, ModelConfig, dflash, forward, init_params
-from draftopd_jax.training import data, dflash_sft
+from draftopd_jax.sft import data, dflash_loss, feature_cache
 
 CFG = ModelConfig(family="qwen3", vocab_size=53, hidden_size=32, num_layers=4, num_heads=4,
                   num_kv_heads=2, head_dim=8, intermediate_size=64, qk_norm=True)
@@ -85,11 +84,11 @@ def test_a_step_on_cached_features_equals_the_online_step(distill):
                                        target_layer_ids=LAYERS)
   drafter_params = dflash.init_params(cfg, seed=1)
   # For distillation the cache adds the target's last layer: the teacher at labelled positions.
-  layer_ids = dflash_sft.cached_layer_ids(cfg, CFG, distill)
+  layer_ids = dflash_loss.cached_layer_ids(cfg, CFG, distill)
   assert layer_ids == LAYERS + ((CFG.num_layers - 1,) if distill else ())
   tokens, features = online_features(EXAMPLES[:4], layer_ids)
   _, mask = data.to_batch([data.Example(tuple(p), tuple(r)) for p, r in EXAMPLES[:4]], SEQ_LEN, 0)
-  loss = lambda **cached: dflash_sft.loss_fn(
+  loss = lambda **cached: dflash_loss.loss_fn(
       drafter_params, cfg, CFG, PARAMS, jnp.asarray(tokens), jnp.asarray(mask),
       jax.random.key(0), num_anchors=4, gamma=4.0, distill=distill, **cached)[0]
   np.testing.assert_allclose(loss(features_BxTxFxD=jnp.asarray(features)), loss(), rtol=1e-6)

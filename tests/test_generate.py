@@ -6,12 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from draftopd_jax.data.batching import pad_batch
 from draftopd_jax.decoding import SamplingConfig, generate
-from draftopd_jax.decoding.completions import pad_batch
 from draftopd_jax.decoding.continuous import generate_all
-from draftopd_jax.decoding.sampling import filtered_logits, sample
 from draftopd_jax.errors import UserError
 from draftopd_jax.models import KVCache, ModelConfig, forward, init_params
+from draftopd_jax.sampling import filtered_logits, sample
 
 CFG = ModelConfig(family="qwen3", vocab_size=53, hidden_size=32, num_layers=2, num_heads=4,
                   num_kv_heads=2, head_dim=8, intermediate_size=64, qk_norm=True)

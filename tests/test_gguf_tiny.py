@@ -4,13 +4,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_hf_model
+from gguf_writer import write_tiny_gguf
+
 from draftopd_jax.errors import UserError
 from draftopd_jax.io.gguf_file import load_gguf
 from draftopd_jax.io.tokenizer import Tokenizer
 from draftopd_jax.models import KVCache, forward
-from gguf_writer import write_tiny_gguf
 
 
 @pytest.mark.parametrize("family,tie", [("llama", True), ("llama", False), ("qwen2", False),

@@ -10,14 +10,14 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from test_cli import ROOT, assert_one_line_error, run_cli
 
-from draftopd_jax import config_check
-from draftopd_jax.decoding.drafters import DFlashDrafter
 from draftopd_jax.errors import UserError
 from draftopd_jax.io.drafter_checkpoint import save_drafter
+from draftopd_jax.jobs import config_check
+from draftopd_jax.jobs.sft import new_drafter_config
 from draftopd_jax.models import dflash
-from draftopd_jax.training.sft import new_drafter_config
-from test_cli import ROOT, assert_one_line_error, run_cli
+from draftopd_jax.models.drafters import DFlashDrafter
 
 
 @pytest.mark.parametrize("mode", ["generate", "sft", "opd", "eval"])

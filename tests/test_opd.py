@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 
 from draftopd_jax.decoding import engine
-from draftopd_jax.decoding.drafters import DFlashDrafter, Eagle3Drafter
-from draftopd_jax.decoding.sampling import SamplingConfig
+from draftopd_jax.evaluation.heldout import heldout_tau
 from draftopd_jax.models import ModelConfig, dflash, eagle3, init_params
-from draftopd_jax.training import anchor_plan, opd_losses, opd_replay, opd_step
-from draftopd_jax.training.opd_losses import LossOptions
+from draftopd_jax.models.drafters import DFlashDrafter, Eagle3Drafter
+from draftopd_jax.opd import anchor_plan, losses, replay, update_step
+from draftopd_jax.opd.losses import LossOptions
+from draftopd_jax.sampling import SamplingConfig
+from draftopd_jax.sft import dflash_loss
 
 CFG = ModelConfig(family="qwen3", vocab_size=64, hidden_size=32, num_layers=4, num_heads=4,
                   num_kv_heads=2, head_dim=8, intermediate_size=64, qk_norm=True)
@@ -89,21 +91,21 @@ def test_random_anchors_keep_the_segment_multiset_inside_the_response():
 def test_sampled_estimators_on_hand_computed_values():
   p, q = 0.5, 0.25
   expected = p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
-  got = opd_losses.bernoulli_forward_kl(jnp.log(p), jnp.log(q))
+  got = losses.bernoulli_forward_kl(jnp.log(p), jnp.log(q))
   np.testing.assert_allclose(got, expected, rtol=1e-5)
   # k3 at d = log p - log q = 1: e - 2; clamps: log-probs below -10 are raised to -10.
-  np.testing.assert_allclose(opd_losses.k3_reverse_kl(jnp.float32(-1.0), jnp.float32(-2.0)),
+  np.testing.assert_allclose(losses.k3_reverse_kl(jnp.float32(-1.0), jnp.float32(-2.0)),
                              math.e - 2, rtol=1e-6)
-  np.testing.assert_allclose(opd_losses.bernoulli_forward_kl(jnp.float32(-30.0), jnp.float32(-40.0)),
-                             opd_losses.bernoulli_forward_kl(jnp.float32(-10.0), jnp.float32(-10.0)))
-  assert float(opd_losses.k3_reverse_kl(jnp.float32(25.0), jnp.float32(0.0))) == 10.0
+  np.testing.assert_allclose(losses.bernoulli_forward_kl(jnp.float32(-30.0), jnp.float32(-40.0)),
+                             losses.bernoulli_forward_kl(jnp.float32(-10.0), jnp.float32(-10.0)))
+  assert float(losses.k3_reverse_kl(jnp.float32(25.0), jnp.float32(0.0))) == 10.0
 
 
 def test_full_kls_on_hand_computed_values():
   p, q = np.array([0.7, 0.2, 0.1]), np.array([0.4, 0.4, 0.2])
   lp, lq = jnp.log(p), jnp.log(q)
-  forward = opd_losses.token_loss("forward", "full", None, None, lp, lq)
-  reverse = opd_losses.token_loss("reverse", "full", None, None, lp, lq)
+  forward = losses.token_loss("forward", "full", None, None, lp, lq)
+  reverse = losses.token_loss("reverse", "full", None, None, lp, lq)
   np.testing.assert_allclose(forward, np.sum(p * np.log(p / q)), rtol=1e-5)
   np.testing.assert_allclose(reverse, np.sum(q * np.log(q / p)), rtol=1e-5)
 
@@ -111,20 +113,20 @@ def test_full_kls_on_hand_computed_values():
 def test_aggregations_on_hand_computed_values():
   args = (jnp.array([1.0, 2.0]), jnp.array([1.0, 1.0]), jnp.array([4.0, 9.0]),
           jnp.array([0.5, 0.0]))
-  pooled = opd_losses.combine(*args, aggregation="pooled", response_lambda=1, rejected_lambda=1)
-  means = opd_losses.combine(*args, aggregation="mean_of_means", response_lambda=1,
+  pooled = losses.combine(*args, aggregation="pooled", response_lambda=1, rejected_lambda=1)
+  means = losses.combine(*args, aggregation="mean_of_means", response_lambda=1,
                              rejected_lambda=1)
   np.testing.assert_allclose(pooled, (3 + 2) / (2 + 0.5))
   np.testing.assert_allclose(means, (1.5 + 4) / 2)
-  weighted = opd_losses.combine(*args, aggregation="mean_of_means", response_lambda=1,
+  weighted = losses.combine(*args, aggregation="mean_of_means", response_lambda=1,
                                 rejected_lambda=3)
   np.testing.assert_allclose(weighted, (1.5 + 3 * 4) / 4)
-  no_rejected = opd_losses.combine(args[0], args[1], args[2], jnp.zeros(2),
+  no_rejected = losses.combine(args[0], args[1], args[2], jnp.zeros(2),
                                    aggregation="mean_of_means", response_lambda=1,
                                    rejected_lambda=1)
   np.testing.assert_allclose(no_rejected, 1.5)
-  np.testing.assert_allclose(opd_losses.position_weights(4, 0.8, decay=True), [1, 0.8, 0.64])
-  np.testing.assert_allclose(opd_losses.position_weights(4, 0.8, decay=False), [1, 1, 1])
+  np.testing.assert_allclose(losses.position_weights(4, 0.8, decay=True), [1, 0.8, 0.64])
+  np.testing.assert_allclose(losses.position_weights(4, 0.8, decay=False), [1, 1, 1])
 
 
 def rollout(drafter_params, prompts, mask, max_new_tokens=12):
@@ -153,8 +155,8 @@ def test_replayed_logits_equal_the_rollout_logits():
     state = engine.decode(CFG, TARGET, drafter, params, state, state.step + 1, max_new_tokens=12,
                           sampling=SamplingConfig(), eos_ids=())
   plan = anchor_plan.from_trace(state.trace, K)
-  replayed = opd_replay.dflash_logprobs(D_CFG, params, CFG, TARGET, state.tokens_BxS,
-                                        opd_replay.from_rollout(state).features_BxSxFxD, plan)
+  replayed = replay.dflash_logprobs(D_CFG, params, CFG, TARGET, state.tokens_BxS,
+                                        replay.from_rollout(state).features_BxSxFxD, plan)
   used = np.asarray(state.trace.num_steps_B)
   assert len(seen) == used.sum()
   for row in range(3):
@@ -173,8 +175,8 @@ def test_the_rollouts_records_are_the_teacher_of_a_second_target_pass():
   state = engine.decode(CFG, TARGET, drafter, params, state, jnp.int32(12), max_new_tokens=12,
                         sampling=SamplingConfig(), eos_ids=())
   plan = anchor_plan.from_trace(state.trace, K)
-  recorded = opd_replay.from_rollout(state)
-  second = opd_replay.target_pass(D_CFG.target_layer_ids, CFG, TARGET, state.tokens_BxS,
+  recorded = replay.from_rollout(state)
+  second = replay.target_pass(D_CFG.target_layer_ids, CFG, TARGET, state.tokens_BxS,
                                   plan.anchor_pos_BxN, K, full_rows=True)
   for row, length in enumerate(np.asarray(state.lengths_B)):
     np.testing.assert_allclose(recorded.features_BxSxFxD[row, :length - 1],
@@ -222,8 +224,8 @@ def test_eagle3_replay_feeds_the_drafters_own_proposals():
       seen[row, int(anchor_B[row])] = (np.asarray(proposals[row]), [c[row] for c in chain])
     state = engine.decode(CFG, TARGET, drafter, params, state, state.step + 1, **statics)
   plan = anchor_plan.from_trace(state.trace, E_CFG.block_size)
-  replayed = opd_replay.eagle3_logprobs(E_CFG, params, CFG, TARGET, state.tokens_BxS,
-                                        opd_replay.from_rollout(state).features_BxSxFxD, plan)
+  replayed = replay.eagle3_logprobs(E_CFG, params, CFG, TARGET, state.tokens_BxS,
+                                        replay.from_rollout(state).features_BxSxFxD, plan)
   used = np.asarray(state.trace.num_steps_B)
   assert len(seen) == used.sum()
   for row in range(3):
@@ -240,8 +242,8 @@ def test_eagle3_opd_step_trains_the_model_weights_only():
 
   params = eagle3_params()
   optimizer = trainer.make_optimizer(1e-3, 1, 10)
-  fn = opd_step.opd_step_fn(drafter=Eagle3Drafter(E_CFG), target_cfg=CFG, optimizer=optimizer,
-                            rollout=opd_step.RolloutOptions(max_new_tokens=8),
+  fn = update_step.opd_step_fn(drafter=Eagle3Drafter(E_CFG), target_cfg=CFG, optimizer=optimizer,
+                            rollout=update_step.RolloutOptions(max_new_tokens=8),
                             loss=LossOptions(estimator="full"), d2t_Vd=params["d2t"])
   step, state, target = trainer.shard_step(
       fn, sharding.make_mesh(), trainer.init_state(params["model"], optimizer, 0), TARGET)
@@ -255,8 +257,8 @@ def test_eagle3_opd_step_trains_the_model_weights_only():
 
 
 def step_loss(options=LossOptions(), rollout_options=None, params=None, target=TARGET):
-  rollout_options = rollout_options or opd_step.RolloutOptions(max_new_tokens=12)
-  return opd_step.rollout_loss(params or dflash.init_params(D_CFG, seed=1), jax.random.key(0),
+  rollout_options = rollout_options or update_step.RolloutOptions(max_new_tokens=12)
+  return update_step.rollout_loss(params or dflash.init_params(D_CFG, seed=1), jax.random.key(0),
                                target, PROMPTS, MASK, drafter=DFlashDrafter(D_CFG), d2t_Vd=None,
                                target_cfg=CFG, rollout=rollout_options, loss=options)
 
@@ -276,10 +278,10 @@ def test_switches_change_exactly_what_they_name():
   same(base, no_decay, "response_loss")
   same(base, no_decay, "rejected_loss")  # unweighted stream means; only the weights change
   assert differ(base, no_decay, "loss")
-  _, naive = step_loss(rollout_options=opd_step.RolloutOptions(max_new_tokens=12,
+  _, naive = step_loss(rollout_options=update_step.RolloutOptions(max_new_tokens=12,
                                                                rejected_stream=False))
   assert int(naive["rejected_tokens"]) == 0 and naive["response_tokens"] == base["response_tokens"]
-  _, paper = step_loss(rollout_options=opd_step.RolloutOptions(max_new_tokens=12,
+  _, paper = step_loss(rollout_options=update_step.RolloutOptions(max_new_tokens=12,
                                                                include_correction=False))
   assert int(paper["response_tokens"]) < int(base["response_tokens"])
 
@@ -300,9 +302,9 @@ def test_full_and_random_variants_run_in_the_step(estimator):
   from draftopd_jax.training import trainer
 
   optimizer = trainer.make_optimizer(1e-3, 1, 10)
-  fn = opd_step.opd_step_fn(
+  fn = update_step.opd_step_fn(
       drafter=DFlashDrafter(D_CFG), target_cfg=CFG, optimizer=optimizer,
-      rollout=opd_step.RolloutOptions(max_new_tokens=8, anchors="random", rollouts_per_update=2),
+      rollout=update_step.RolloutOptions(max_new_tokens=8, anchors="random", rollouts_per_update=2),
       loss=dataclasses.replace(LossOptions(), estimator=estimator))
   step, state, target = trainer.shard_step(
       fn, sharding.make_mesh(), trainer.init_state(dflash.init_params(D_CFG), optimizer, 0), TARGET)
@@ -316,9 +318,10 @@ def test_full_and_random_variants_run_in_the_step(estimator):
 
 @pytest.mark.slow
 def test_opd_raises_heldout_tau_of_an_sft_drafter(tmp_path):
-  from draftopd_jax.decoding.completions import pad_batch
+  from draftopd_jax.data.batching import pad_batch
   from draftopd_jax.parallel import sharding
-  from draftopd_jax.training import data, trainer
+  from draftopd_jax.sft import data
+  from draftopd_jax.training import trainer
 
   target_cfg = dataclasses.replace(CFG, vocab_size=53)
   target = jax.tree.map(lambda x: x * 1.5, init_params(target_cfg, seed=3))  # peakier outputs
@@ -331,12 +334,12 @@ def test_opd_raises_heldout_tau_of_an_sft_drafter(tmp_path):
   cfg = dflash.DFlashConfig.for_target(target_cfg, num_layers=2, block_size=4, mask_token_id=52)
   drafter, mesh = DFlashDrafter(cfg), sharding.make_mesh()
   heldout_prompts = pad_batch([list(e.prompt_ids) for e in heldout], 0)
-  tau = lambda params: trainer.heldout_tau(target_cfg, target, drafter, params, *heldout_prompts,
+  tau = lambda params: heldout_tau(target_cfg, target, drafter, params, *heldout_prompts,
                                            max_new_tokens=24, eos_ids=())
 
   sft_optimizer = trainer.make_optimizer(3e-3, warmup_steps=5, total_steps=200)
   sft_step, state, placed = trainer.shard_step(
-      trainer.dflash_step_fn(cfg=cfg, target_cfg=target_cfg, optimizer=sft_optimizer,
+      dflash_loss.step_fn(cfg=cfg, target_cfg=target_cfg, optimizer=sft_optimizer,
                              num_anchors=8, gamma=0.0, distill=False),
       mesh, trainer.init_state(dflash.init_params(cfg), sft_optimizer, seed=0), target)
   for step in range(100):
@@ -345,8 +348,8 @@ def test_opd_raises_heldout_tau_of_an_sft_drafter(tmp_path):
   tau_sft = tau(state.params)
 
   optimizer = trainer.make_optimizer(3e-3, warmup_steps=2, total_steps=40)
-  step_fn = opd_step.opd_step_fn(drafter=drafter, target_cfg=target_cfg, optimizer=optimizer,
-                                 rollout=opd_step.RolloutOptions(max_new_tokens=24),
+  step_fn = update_step.opd_step_fn(drafter=drafter, target_cfg=target_cfg, optimizer=optimizer,
+                                 rollout=update_step.RolloutOptions(max_new_tokens=24),
                                  loss=LossOptions())
   opd_train_step, opd_state, placed = trainer.shard_step(
       step_fn, mesh, trainer.init_state(state.params, optimizer, seed=0), target)

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from draftopd_jax.decoding.drafters import DFlashDrafter
 from draftopd_jax.io.drafter_checkpoint import load_drafter
+from draftopd_jax.models.drafters import DFlashDrafter
 from draftopd_jax.training import trainer
 
 pytestmark = pytest.mark.slow

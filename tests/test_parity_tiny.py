@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_hf_model
+
 from draftopd_jax.io.hf import load_hf_folder
 from draftopd_jax.models import KVCache, forward
 from draftopd_jax.models.transformer import split_layers

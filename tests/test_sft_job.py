@@ -39,7 +39,7 @@ def tensorboard_scalars(directory) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_eagle3_sft_job_on_chat_prompts(tmp_path, smollm):
-  from draftopd_jax.decoding.drafters import Eagle3Drafter
+  from draftopd_jax.models.drafters import Eagle3Drafter
 
   chats = tmp_path / "chats.jsonl"
   chats.write_text("".join(json.dumps({"id": f"c{i}", "messages": [

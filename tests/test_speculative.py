@@ -7,11 +7,18 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from draftopd_jax.data.batching import pad_batch
 from draftopd_jax.decoding import engine
-from draftopd_jax.decoding.completions import pad_batch
-from draftopd_jax.decoding.drafters import DFlashDrafter, Eagle3Drafter, Oracle
-from draftopd_jax.decoding.sampling import SamplingConfig, filtered_logits
-from draftopd_jax.models import KVCache, ModelConfig, dflash, eagle3, forward, init_params
+from draftopd_jax.models import (
+  KVCache,
+  ModelConfig,
+  dflash,
+  eagle3,
+  forward,
+  init_params,
+)
+from draftopd_jax.models.drafters import DFlashDrafter, Eagle3Drafter, Oracle
+from draftopd_jax.sampling import SamplingConfig, filtered_logits
 
 CFG = ModelConfig(family="qwen3", vocab_size=53, hidden_size=32, num_layers=4, num_heads=4,
                   num_kv_heads=2, head_dim=8, intermediate_size=64, qk_norm=True)

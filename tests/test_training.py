@@ -7,12 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from draftopd_jax.data.batching import pad_batch
 from draftopd_jax.decoding import engine
-from draftopd_jax.decoding.completions import pad_batch
-from draftopd_jax.decoding.drafters import DFlashDrafter
+from draftopd_jax.evaluation.heldout import heldout_tau
 from draftopd_jax.models import ModelConfig, dflash, init_params
+from draftopd_jax.models.drafters import DFlashDrafter
 from draftopd_jax.parallel import sharding
-from draftopd_jax.training import data, dflash_sft, trainer
+from draftopd_jax.sft import data, dflash_loss
+from draftopd_jax.training import trainer
 
 CFG = ModelConfig(family="qwen3", vocab_size=53, hidden_size=32, num_layers=4, num_heads=4,
                   num_kv_heads=2, head_dim=8, intermediate_size=64, qk_norm=True)
@@ -63,11 +65,11 @@ def test_batches_mask_response_tokens_only():
 
 def test_anchors_are_distinct_positions_before_response_tokens():
   mask = jnp.asarray([[0, 0, 0, 1, 1, 1, 0, 0], [0, 1, 0, 0, 0, 0, 0, 0]], bool)
-  anchors, valid = dflash_sft.sample_anchors(jax.random.key(0), mask, num_anchors=4)
+  anchors, valid = dflash_loss.sample_anchors(jax.random.key(0), mask, num_anchors=4)
   anchors, valid = np.asarray(anchors), np.asarray(valid)
   assert sorted(anchors[0][valid[0]].tolist()) == [2, 3, 4]  # 3 candidates, 4 asked
   assert anchors[1][valid[1]].tolist() == [0] and valid[1].sum() == 1
-  np.testing.assert_allclose(dflash_sft.position_weights(4, 2.0), np.exp(-np.arange(3) / 2.0))
+  np.testing.assert_allclose(dflash_loss.position_weights(4, 2.0), np.exp(-np.arange(3) / 2.0))
 
 
 def test_dflash_sft_lowers_loss_and_raises_heldout_tau(tmp_path):
@@ -81,11 +83,11 @@ def test_dflash_sft_lowers_loss_and_raises_heldout_tau(tmp_path):
   cfg = dflash.DFlashConfig.for_target(CFG, num_layers=2, block_size=4, mask_token_id=52)
   optimizer = trainer.make_optimizer(3e-3, warmup_steps=5, total_steps=200)
   state = trainer.init_state(dflash.init_params(cfg), optimizer, seed=0)
-  step_fn = trainer.dflash_step_fn(cfg=cfg, target_cfg=CFG, optimizer=optimizer, num_anchors=8,
+  step_fn = dflash_loss.step_fn(cfg=cfg, target_cfg=CFG, optimizer=optimizer, num_anchors=8,
                                    gamma=0.0, distill=False)
   train_step, state, target = trainer.shard_step(step_fn, sharding.make_mesh(), state, PARAMS)
   heldout_prompts = pad_batch([list(e.prompt_ids) for e in heldout], 0)
-  tau = lambda params: trainer.heldout_tau(CFG, PARAMS, DFlashDrafter(cfg), params,
+  tau = lambda params: heldout_tau(CFG, PARAMS, DFlashDrafter(cfg), params,
                                            *heldout_prompts, max_new_tokens=24, eos_ids=())
   tau_before = tau(state.params)
   losses = []
@@ -105,8 +107,8 @@ def test_distillation_loss_is_soft_cross_entropy_to_the_target():
   tokens, mask = data.to_batch([data.Example((1, 2, 3), (4, 5, 6, 7))] * 2, 8, 0)
   kwargs = dict(num_anchors=3, gamma=2.0)
   args = (params, cfg, CFG, PARAMS, jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(1))
-  soft, _ = dflash_sft.loss_fn(*args, distill=True, **kwargs)
-  hard, metrics = dflash_sft.loss_fn(*args, distill=False, **kwargs)
+  soft, _ = dflash_loss.loss_fn(*args, distill=True, **kwargs)
+  hard, metrics = dflash_loss.loss_fn(*args, distill=False, **kwargs)
   assert np.isfinite(soft) and soft > 0 and abs(float(soft) - float(hard)) > 1e-3
   assert int(metrics["tokens"]) > 0
 
@@ -117,7 +119,7 @@ def test_init_from_loads_a_saved_drafter(tmp_path):
   import ml_collections
 
   from draftopd_jax.io.drafter_checkpoint import save_drafter
-  from draftopd_jax.training.sft import make_drafter
+  from draftopd_jax.jobs.sft import make_drafter
 
   cfg = dflash.DFlashConfig.for_target(CFG, num_layers=1, block_size=3, mask_token_id=52)
   params = dflash.init_params(cfg, seed=7)

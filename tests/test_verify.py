@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from jax import export
 
-from draftopd_jax.decoding import noise
-from draftopd_jax.decoding.sampling import SamplingConfig
 from draftopd_jax.decoding.verify import verify, verify_reference
+from draftopd_jax.sampling import SamplingConfig, noise
 from pallas_kernels.verify_accept import verify_accept
 
 LAYOUTS = ["tpu", "gpu"]

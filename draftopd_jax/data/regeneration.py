@@ -18,14 +18,20 @@ import numpy as np
 from jax.sharding import NamedSharding
 from tqdm import tqdm
 
-from draftopd_jax.data.corpus import Corpus, CorpusSettings, Shard, fit_prompt, params_fingerprint
-from draftopd_jax.data.corpus import sharegpt_turns
+from draftopd_jax.data.batching import pad_batch
+from draftopd_jax.data.corpus import (
+  Corpus,
+  CorpusSettings,
+  Shard,
+  fit_prompt,
+  params_fingerprint,
+  sharegpt_turns,
+)
 from draftopd_jax.decoding import continuous, engine
-from draftopd_jax.decoding.completions import pad_batch
-from draftopd_jax.decoding.sampling import SamplingConfig
 from draftopd_jax.errors import UserError
 from draftopd_jax.io import LoadedModel, load_model
 from draftopd_jax.parallel import distributed, sharding
+from draftopd_jax.sampling import SamplingConfig
 
 
 def settings_of(config) -> CorpusSettings:
@@ -140,15 +146,3 @@ def build(config, root: str | pathlib.Path, model: LoadedModel | None = None) ->
     raise UserError(f"no {settings.split} prompt of the data fits max_prompt_tokens="
                     f"{settings.max_prompt_tokens}")
   return corpus
-
-
-def run_corpus(config, workdir: str | None) -> None:
-  if not workdir and not config.data.corpus:
-    raise UserError("set --workdir or config.data.corpus: the folder the corpus is written to")
-  root = pathlib.Path(config.data.corpus or pathlib.Path(workdir) / "corpus")
-  corpus = build(config, root)
-  t = corpus.totals()
-  print(f"corpus {root}: {t['examples']} prompts, {t['response_tokens']} response tokens "
-        f"({t['prompt_tokens']} prompt tokens) in {t['seconds'] / 3600:.2f} h of generation, "
-        f"{t['response_tokens'] / max(t['seconds'], 1e-9):.1f} response tokens/s, "
-        f"{t['response_tokens'] / max(t['generated_slots'], 1):.0%} of decode slots used")

@@ -14,9 +14,9 @@ import jax
 import numpy as np
 
 from draftopd_jax.decoding import engine
-from draftopd_jax.decoding.drafters import Autoregressive
-from draftopd_jax.decoding.sampling import SamplingConfig
 from draftopd_jax.models import ModelConfig, Params
+from draftopd_jax.models.drafters import Autoregressive
+from draftopd_jax.sampling import SamplingConfig
 
 WIDTH_BUCKET = 64  # prompt widths are padded up to a multiple of this: few prefill shapes
 

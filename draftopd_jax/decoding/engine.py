@@ -23,11 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from draftopd_jax.decoding.drafters import Autoregressive
-from draftopd_jax.decoding.sampling import SamplingConfig, sample
 from draftopd_jax.decoding.verify import verify
 from draftopd_jax.models import KVCache, ModelConfig, Params, forward
+from draftopd_jax.models.drafters import Autoregressive
 from draftopd_jax.models.transformer import split_layers
+from draftopd_jax.sampling import SamplingConfig, sample
 
 
 @flax.struct.dataclass

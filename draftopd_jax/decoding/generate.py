@@ -7,8 +7,8 @@ import numpy as np
 from tqdm import tqdm
 
 from draftopd_jax.decoding import engine
-from draftopd_jax.decoding.sampling import SamplingConfig
 from draftopd_jax.models import ModelConfig, Params
+from draftopd_jax.sampling import SamplingConfig
 
 
 def generate(cfg: ModelConfig, params: Params, prompt_BxP: np.ndarray, prompt_mask_BxP: np.ndarray,

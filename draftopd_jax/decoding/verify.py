@@ -18,8 +18,8 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from draftopd_jax.decoding import noise
-from draftopd_jax.decoding.sampling import SamplingConfig, filtered_logits
+from draftopd_jax.sampling import SamplingConfig, filtered_logits, noise
+from pallas_kernels import verify_accept
 
 
 @flax.struct.dataclass
@@ -80,8 +80,6 @@ def verify(logits_BxKxV: jax.Array, proposals_BxK1: jax.Array, seed: jax.Array,
   where it supports the sampling settings, else the reference."""
   if impl not in ("auto", "reference", "pallas"):
     raise ValueError(f"unknown verify implementation {impl!r}; use auto, reference or pallas")
-  from pallas_kernels import verify_accept  # here: the kernel imports this package's noise
-
   supported = verify_accept.supports(sampling)
   if impl == "pallas" and not supported:
     raise ValueError("the Pallas verify kernel does not filter by top-k/top-p; use the reference")

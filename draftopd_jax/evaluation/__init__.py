@@ -1,1 +1,1 @@
-"""Acceptance metrics, speed measurement and plots for drafters."""
+"""Acceptance metrics, held-out tau during training, and plots for drafters."""

@@ -18,11 +18,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from safetensors.numpy import load_file, save_file
 
-from draftopd_jax.decoding.drafters import DFlashDrafter, Eagle3Drafter
 from draftopd_jax.errors import UserError
 from draftopd_jax.io import zoo
 from draftopd_jax.io.tokenizer import Tokenizer
 from draftopd_jax.models import ModelConfig, dflash, eagle3
+from draftopd_jax.models.drafters import DFlashDrafter, Eagle3Drafter
 from draftopd_jax.parallel import distributed
 
 KINDS = {"dflash": (DFlashDrafter, dflash.DFlashConfig), "eagle3": (Eagle3Drafter, eagle3.Eagle3Config)}

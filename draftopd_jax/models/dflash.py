@@ -21,7 +21,7 @@ from flax import nnx
 
 from draftopd_jax.models import transformer
 from draftopd_jax.models.config import ModelConfig, check_layer_ids
-from draftopd_jax.models.layers import SwiGLU, RMSNorm, linear
+from draftopd_jax.models.layers import RMSNorm, SwiGLU, linear
 from draftopd_jax.models.rope import apply_rope, inverse_frequencies
 
 

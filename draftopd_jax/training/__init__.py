@@ -1,1 +1,2 @@
-"""Drafter training: data, SFT losses, the train step and loop."""
+"""Training infrastructure shared by the SFT and Draft-OPD jobs: train state and step, optimizer,
+checkpoints, preemption, metrics, FLOP counts, training plots."""

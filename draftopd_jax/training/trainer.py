@@ -1,7 +1,8 @@
-"""Train state, optimizer and the jitted SFT step, plus held-out acceptance length.
+"""Train state, optimizer and the one train step that the SFT and Draft-OPD steps share.
 
-The step is a pure function of (state, batch): AdamW with linear warmup and cosine decay,
-global-norm gradient clipping, gradients only for the drafter (the target is an input, frozen).
+A step is a pure function of (state, target params, batch): the job's gradient function, then
+AdamW with linear warmup and cosine decay and global-norm gradient clipping. Only the drafter has
+gradients (the target is an input, frozen).
 """
 
 import functools
@@ -11,16 +12,11 @@ from collections.abc import Callable
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from draftopd_jax.decoding import engine
 from draftopd_jax.errors import UserError
-from draftopd_jax.evaluation import metrics
-from draftopd_jax.models import ModelConfig
 from draftopd_jax.parallel import sharding
-from draftopd_jax.training import dflash_sft, eagle3_sft
 
 
 @flax.struct.dataclass
@@ -31,8 +27,11 @@ class TrainState:
   rng: jax.Array  # a raw uint32 key, so orbax saves it as a plain array
 
 
-# (state, target_params, tokens_BxT, loss_mask_BxT[, features_BxTxFxD]) -> (state, metrics)
+# (state, target_params, *batch) -> (state, metrics); the batch arrays are the SFT step's tokens,
+# loss mask[, cached features], the Draft-OPD step's prompts and prompt mask.
 StepFn = Callable[..., tuple[TrainState, dict]]
+# (params, key, target_params, *batch) -> (gradients of params, metrics)
+GradFn = Callable[..., tuple[dict, dict]]
 
 
 def make_optimizer(learning_rate: float, warmup_steps: int, total_steps: int,
@@ -62,51 +61,31 @@ def init_state(params: dict, optimizer: optax.GradientTransformation, seed: int)
                     opt_state=optimizer.init(params), rng=jax.random.PRNGKey(seed))
 
 
-def _dflash_step(state: TrainState, target_params: dict, tokens_BxT: jax.Array,
-                 loss_mask_BxT: jax.Array, features_BxTxFxD: jax.Array | None = None, *, cfg,
-                 target_cfg: ModelConfig, optimizer: optax.GradientTransformation,
-                 num_anchors: int, gamma: float, distill: bool) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, target_params: dict, *batch: jax.Array, grad_fn: GradFn,
+               optimizer: optax.GradientTransformation) -> tuple[TrainState, dict]:
+  """One optimizer update from `grad_fn(params, key, target_params, *batch) -> (grads, metrics)`;
+  `key` is fresh per step, split from the state's RNG."""
   rng, key = jax.random.split(state.rng)
-  grad_fn = jax.value_and_grad(dflash_sft.loss_fn, has_aux=True)
-  (_, step_metrics), grads = grad_fn(state.params, cfg, target_cfg, target_params, tokens_BxT,
-                                     loss_mask_BxT, key, num_anchors=num_anchors, gamma=gamma,
-                                     distill=distill, features_BxTxFxD=features_BxTxFxD)
+  grads, step_metrics = grad_fn(state.params, key, target_params, *batch)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   step_metrics["grad_norm"] = optax.global_norm(grads)
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), step_metrics
 
 
-def dflash_step_fn(*, cfg, target_cfg: ModelConfig, optimizer: optax.GradientTransformation,
-                   num_anchors: int, gamma: float, distill: bool) -> StepFn:
-  return functools.partial(_dflash_step, cfg=cfg, target_cfg=target_cfg, optimizer=optimizer,
-                           num_anchors=num_anchors, gamma=gamma, distill=distill)
+def step_fn(grad_fn: GradFn, optimizer: optax.GradientTransformation) -> StepFn:
+  return functools.partial(train_step, grad_fn=grad_fn, optimizer=optimizer)
 
 
-def _eagle3_step(state: TrainState, target_params: dict, tokens_BxT: jax.Array,
-                 loss_mask_BxT: jax.Array, *, d2t_Vd: jax.Array, cfg, target_cfg: ModelConfig,
-                 optimizer: optax.GradientTransformation, ttt_steps: int, ttt_decay: float
-                 ) -> tuple[TrainState, dict]:
-  """EAGLE-3 SFT step; `state.params` holds the trainable weights, `d2t_Vd` stays fixed."""
+def loss_gradients(loss_fn: Callable[..., tuple[jax.Array, dict]]) -> GradFn:
+  """The `grad_fn` of a `loss_fn(params, key, target_params, *batch) -> (loss, metrics)`."""
 
-  def loss(model_params):
-    return eagle3_sft.loss_fn({"model": model_params, "d2t": d2t_Vd}, cfg, target_cfg,
-                              target_params, tokens_BxT, loss_mask_BxT, steps=ttt_steps,
-                              decay=ttt_decay)
+  def grad_fn(params, key, target_params, *batch):
+    (_, step_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, key,
+                                                                          target_params, *batch)
+    return grads, step_metrics
 
-  (_, step_metrics), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  step_metrics["grad_norm"] = optax.global_norm(grads)
-  return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
-                    rng=state.rng), step_metrics
-
-
-def eagle3_step_fn(*, d2t_Vd: jax.Array, cfg, target_cfg: ModelConfig,
-                   optimizer: optax.GradientTransformation, ttt_steps: int,
-                   ttt_decay: float) -> StepFn:
-  return functools.partial(_eagle3_step, d2t_Vd=d2t_Vd, cfg=cfg, target_cfg=target_cfg,
-                           optimizer=optimizer, ttt_steps=ttt_steps, ttt_decay=ttt_decay)
+  return grad_fn
 
 
 def shard_step(step_fn: StepFn, mesh: Mesh, state: TrainState, target_params: dict,
@@ -139,13 +118,3 @@ def training_mesh(mesh_config, rules: sharding.Rules, batch_size: int) -> Mesh:
     raise UserError(f"batch size {batch_size} must be a multiple of {rows}, the devices of the "
                     "mesh axes that split the batch")
   return mesh
-
-
-def heldout_tau(target_cfg: ModelConfig, target_params: dict, drafter, drafter_params,
-                prompt_BxP: np.ndarray, prompt_mask_BxP: np.ndarray, max_new_tokens: int,
-                eos_ids: tuple[int, ...]) -> float:
-  """Macro tau of greedy speculative decoding on a fixed held-out batch."""
-  state = engine.run(target_cfg, target_params, prompt_BxP, prompt_mask_BxP, drafter=drafter,
-                     drafter_params=drafter_params, max_new_tokens=max_new_tokens,
-                     eos_ids=eos_ids)
-  return metrics.summarize(metrics.acceptance_lengths(state.trace), drafter.block_size)["tau"]

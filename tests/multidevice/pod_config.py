@@ -13,6 +13,7 @@ import numpy as np
 from draftopd_jax.io.hf import config_from_hf
 from draftopd_jax.models import dflash, param_shapes
 from draftopd_jax.parallel import sharding
+from draftopd_jax.sft import dflash_loss
 from draftopd_jax.training import trainer
 
 assert jax.device_count() == 8, "set XLA_FLAGS=--xla_force_host_platform_device_count=8"
@@ -32,7 +33,7 @@ assert d.mask_token_id < target_cfg.vocab_size
 mesh = sharding.make_mesh(**config.mesh)  # data=-1 takes 8 / fsdp=8 = 1
 t = config.train
 optimizer = trainer.make_optimizer(t.learning_rate, t.warmup_steps, t.steps)
-step_fn = trainer.dflash_step_fn(cfg=drafter_cfg, target_cfg=target_cfg, optimizer=optimizer,
+step_fn = dflash_loss.step_fn(cfg=drafter_cfg, target_cfg=target_cfg, optimizer=optimizer,
                                  num_anchors=t.num_anchors, gamma=t.gamma, distill=False)
 drafter_params = jax.eval_shape(lambda: dflash.init_params(drafter_cfg))
 state = jax.eval_shape(lambda p: trainer.init_state(p, optimizer, 0), drafter_params)
@@ -64,16 +65,16 @@ lowered = step.lower(state, target, tokens, mask)
 print("lowered:", len(lowered.as_text()) // 1000, "k characters of StableHLO")
 
 # The Draft-OPD pod job on the same mesh: rollout, replay and update lower for the 8B target.
-from draftopd_jax.decoding.drafters import DFlashDrafter  # noqa: E402
-from draftopd_jax.decoding.sampling import SamplingConfig  # noqa: E402
-from draftopd_jax.training import opd_step  # noqa: E402
-from draftopd_jax.training.opd_losses import LossOptions  # noqa: E402
+from draftopd_jax.models.drafters import DFlashDrafter  # noqa: E402
+from draftopd_jax.opd import update_step  # noqa: E402
+from draftopd_jax.opd.losses import LossOptions  # noqa: E402
+from draftopd_jax.sampling import SamplingConfig  # noqa: E402
 
 opd_config = runpy.run_path(str(CONFIG_FILE.with_name("opd.py")))["get_config"]("qwen3_8b_pod")
 r = opd_config.rollout
-opd_fn = opd_step.opd_step_fn(
+opd_fn = update_step.opd_step_fn(
     drafter=DFlashDrafter(drafter_cfg), target_cfg=target_cfg, optimizer=optimizer,
-    rollout=opd_step.RolloutOptions(max_new_tokens=r.max_new_tokens, eos_ids=(151645,),
+    rollout=update_step.RolloutOptions(max_new_tokens=r.max_new_tokens, eos_ids=(151645,),
                                     sampling=SamplingConfig(temperature=r.temperature),
                                     rollouts_per_update=2),
     loss=LossOptions(**opd_config.loss))

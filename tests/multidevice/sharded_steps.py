@@ -13,11 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from draftopd_jax.decoding.drafters import DFlashDrafter
 from draftopd_jax.models import ModelConfig, dflash, init_params
+from draftopd_jax.models.drafters import DFlashDrafter
+from draftopd_jax.opd import update_step
+from draftopd_jax.opd.losses import LossOptions
 from draftopd_jax.parallel import sharding
-from draftopd_jax.training import opd_step, trainer
-from draftopd_jax.training.opd_losses import LossOptions
+from draftopd_jax.sft import dflash_loss
+from draftopd_jax.training import trainer
 
 assert jax.device_count() == 8, "set XLA_FLAGS=--xla_force_host_platform_device_count=8"
 CFG = ModelConfig(family="qwen3", vocab_size=64, hidden_size=32, num_layers=4, num_heads=4,
@@ -27,13 +29,13 @@ D_CFG = dflash.DFlashConfig.for_target(CFG, num_layers=2, block_size=4, mask_tok
 OPT = trainer.make_optimizer(1e-2, warmup_steps=1, total_steps=10)
 rng = np.random.default_rng(0)
 if sys.argv[1] == "sft":
-  STEP = trainer.dflash_step_fn(cfg=D_CFG, target_cfg=CFG, optimizer=OPT, num_anchors=4,
+  STEP = dflash_loss.step_fn(cfg=D_CFG, target_cfg=CFG, optimizer=OPT, num_anchors=4,
                                 gamma=0.0, distill=False)
   mask = jnp.asarray(np.arange(24)[None].repeat(8, 0) >= 6)  # response tokens
   BATCHES = [(jnp.asarray(rng.integers(0, 63, (8, 24)), jnp.int32), mask) for _ in range(3)]
 else:
-  STEP = opd_step.opd_step_fn(drafter=DFlashDrafter(D_CFG), target_cfg=CFG, optimizer=OPT,
-                              rollout=opd_step.RolloutOptions(max_new_tokens=10),
+  STEP = update_step.opd_step_fn(drafter=DFlashDrafter(D_CFG), target_cfg=CFG, optimizer=OPT,
+                              rollout=update_step.RolloutOptions(max_new_tokens=10),
                               loss=LossOptions())
   mask = jnp.asarray(np.arange(6)[None] >= rng.integers(0, 4, (8, 1)))  # left-padded prompts
   BATCHES = [(jnp.asarray(rng.integers(1, 60, (8, 6)), jnp.int32), mask) for _ in range(3)]

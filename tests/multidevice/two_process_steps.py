@@ -13,11 +13,13 @@ import sys
 import jax
 import numpy as np
 
-from draftopd_jax.decoding.drafters import DFlashDrafter
 from draftopd_jax.models import ModelConfig, dflash, init_params
+from draftopd_jax.models.drafters import DFlashDrafter
+from draftopd_jax.opd import update_step
+from draftopd_jax.opd.losses import LossOptions
 from draftopd_jax.parallel import distributed, sharding
-from draftopd_jax.training import opd_step, trainer
-from draftopd_jax.training.opd_losses import LossOptions
+from draftopd_jax.sft import dflash_loss
+from draftopd_jax.training import trainer
 
 out, num_processes, process_id, port = sys.argv[1], *map(int, sys.argv[2:])
 if num_processes > 1:
@@ -32,12 +34,12 @@ OPT = trainer.make_optimizer(1e-2, warmup_steps=1, total_steps=10)
 
 def steps_and_batches(mode: str, rng: np.random.Generator):
   if mode == "sft":
-    step = trainer.dflash_step_fn(cfg=D_CFG, target_cfg=CFG, optimizer=OPT, num_anchors=4,
+    step = dflash_loss.step_fn(cfg=D_CFG, target_cfg=CFG, optimizer=OPT, num_anchors=4,
                                   gamma=0.0, distill=False)
     mask = np.arange(24)[None].repeat(8, 0) >= 6
     return step, [(rng.integers(0, 63, (8, 24)).astype(np.int32), mask) for _ in range(3)]
-  step = opd_step.opd_step_fn(drafter=DFlashDrafter(D_CFG), target_cfg=CFG, optimizer=OPT,
-                              rollout=opd_step.RolloutOptions(max_new_tokens=10),
+  step = update_step.opd_step_fn(drafter=DFlashDrafter(D_CFG), target_cfg=CFG, optimizer=OPT,
+                              rollout=update_step.RolloutOptions(max_new_tokens=10),
                               loss=LossOptions())
   mask = np.arange(6)[None] >= rng.integers(0, 4, (8, 1))  # left-padded prompts
   return step, [(rng.integers(1, 60, (8, 6)).astype(np.int32), mask) for _ in range(3)]

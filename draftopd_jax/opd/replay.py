@@ -20,11 +20,11 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from draftopd_jax.decoding.drafters import DFlashDrafter, Eagle3Drafter
 from draftopd_jax.decoding.engine import DecodeState
 from draftopd_jax.models import KVCache, ModelConfig, dflash, eagle3, forward
-from draftopd_jax.training import opd_losses
-from draftopd_jax.training.anchor_plan import AnchorPlan
+from draftopd_jax.models.drafters import DFlashDrafter, Eagle3Drafter
+from draftopd_jax.opd import losses
+from draftopd_jax.opd.anchor_plan import AnchorPlan
 
 
 @flax.struct.dataclass
@@ -119,7 +119,7 @@ def _restricted(logprobs_xV: jax.Array, d2t_Vd: jax.Array) -> jax.Array:
 
 def loss_fn(trainable_params: dict, drafter, d2t_Vd: jax.Array | None, target_cfg: ModelConfig,
             target_params: dict, tokens_BxS: jax.Array, plan: AnchorPlan, teacher: Teacher,
-            options: opd_losses.LossOptions) -> tuple[jax.Array, dict]:
+            options: losses.LossOptions) -> tuple[jax.Array, dict]:
   """The Draft-OPD loss of one rollout batch, and diagnostics. `trainable_params` are the DFlash
   weights, or the EAGLE-3 "model" weights (with `d2t_Vd` fixed). The full-vocabulary estimator
   needs the teacher's rows."""
@@ -148,7 +148,7 @@ def loss_fn(trainable_params: dict, drafter, d2t_Vd: jax.Array | None, target_cf
       rows_BxNxK1xV = _restricted(rows_BxNxK1xV, d2t_Vd)
   else:
     raise ValueError(f"Draft-OPD replays DFlash and EAGLE-3 drafters, not {type(drafter).__name__}")
-  return opd_losses.two_stream_loss(
+  return losses.two_stream_loss(
       student, plan, options, response_ids_BxNxK1=response_ids, response_valid_BxNxK1=in_vocab,
       response_teacher_logprob_BxNxK1=teacher.response_logprob_BxNxK1,
       rejected_ids_BxNxK1=rejected_ids, teacher_BxNxK1xV=rows_BxNxK1xV)

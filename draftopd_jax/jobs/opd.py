@@ -16,22 +16,24 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from draftopd_jax import config_check
 from draftopd_jax.data import prompts
-from draftopd_jax.decoding.completions import encode_prompts
-from draftopd_jax.decoding.drafters import DFlashDrafter, Eagle3Drafter
-from draftopd_jax.decoding.sampling import SamplingConfig
+from draftopd_jax.data.batching import encode_prompts
 from draftopd_jax.errors import UserError
+from draftopd_jax.evaluation.heldout import HeldoutTau
 from draftopd_jax.io import LoadedModel, load_model
 from draftopd_jax.io.drafter_checkpoint import load_drafter, read_meta, save_drafter
+from draftopd_jax.jobs import config_check
+from draftopd_jax.jobs.sft import run_sft
+from draftopd_jax.models.drafters import DFlashDrafter, Eagle3Drafter
+from draftopd_jax.opd import update_step
+from draftopd_jax.opd.losses import LossOptions
 from draftopd_jax.parallel import sharding
-from draftopd_jax.training import flops, opd_step, plots, trainer
-from draftopd_jax.training.opd_losses import LossOptions
+from draftopd_jax.sampling import SamplingConfig
+from draftopd_jax.training import flops, plots, trainer
 from draftopd_jax.training.checkpoints import Checkpointer
-from draftopd_jax.training.preemption import Preempted, PreemptionWatch
-from draftopd_jax.training.heldout import HeldoutTau
 from draftopd_jax.training.metric_writer import MetricWriter
-from draftopd_jax.training.sft import run_sft
+from draftopd_jax.training.preemption import Preempted, PreemptionWatch
+
 
 def starting_drafter(config, out: pathlib.Path, model: LoadedModel):
   """The drafter to post-train: `init_from`, else the result of the SFT warm-up job (run, or
@@ -72,10 +74,10 @@ def fixed_width_batch(rows: list[list[int]], width: int, pad_id: int
   return tokens, mask
 
 
-def options(config, eos_ids) -> tuple[opd_step.RolloutOptions, LossOptions]:
+def options(config, eos_ids) -> tuple[update_step.RolloutOptions, LossOptions]:
   r = config.rollout
   try:
-    return (opd_step.RolloutOptions(
+    return (update_step.RolloutOptions(
         max_new_tokens=r.max_new_tokens, eos_ids=tuple(eos_ids),
         sampling=SamplingConfig(temperature=r.temperature), anchors=r.anchors,
         rejected_stream=r.rejected_stream, include_correction=r.include_correction,
@@ -123,7 +125,7 @@ def run_opd(config, workdir: str | None) -> dict:
                                      t.grad_clip, t.final_lr_fraction)
   eagle = isinstance(drafter, Eagle3Drafter)
   d2t = start_params["d2t"] if eagle else None
-  step_fn = opd_step.opd_step_fn(drafter=drafter, target_cfg=model.cfg, optimizer=optimizer,
+  step_fn = update_step.opd_step_fn(drafter=drafter, target_cfg=model.cfg, optimizer=optimizer,
                                  rollout=rollout_options, loss=loss_options, d2t_Vd=d2t)
   train_step, state, target_params = trainer.shard_step(
       step_fn, mesh, trainer.init_state(start_params["model"] if eagle else start_params,
@@ -147,7 +149,7 @@ def run_opd(config, workdir: str | None) -> dict:
     return int(state.step) >= t.steps or 0 < t.flops_budget <= used_flops
 
   def evaluate(step: int) -> dict:
-    taus = heldout_tau(drafter, opd_step.full_params(drafter, state.params, d2t), target_params)
+    taus = heldout_tau(drafter, update_step.full_params(drafter, state.params, d2t), target_params)
     writer.write(step, {**taus, "train_flops": used_flops})
     return taus
 
@@ -208,7 +210,7 @@ def run_opd(config, workdir: str | None) -> dict:
   writer.close()
   checkpointer.close()
   save_drafter(out / "drafter", drafter,
-               jax.device_get(opd_step.full_params(drafter, state.params, d2t)), model.cfg,
+               jax.device_get(update_step.full_params(drafter, state.params, d2t)), model.cfg,
                model.tokenizer)
   if jax.process_index() == 0:
     plots.opd_curves(out / "metrics.jsonl", out)

@@ -17,22 +17,23 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from draftopd_jax import config_check
-from draftopd_jax.data import feature_cache, prompts, regeneration
+from draftopd_jax.data import prompts, regeneration
+from draftopd_jax.data.batching import encode_prompts, pad_batch
 from draftopd_jax.decoding import engine
-from draftopd_jax.decoding.completions import encode_prompts, pad_batch
-from draftopd_jax.decoding.drafters import DFlashDrafter, Eagle3Drafter
-from draftopd_jax.decoding.sampling import SamplingConfig
 from draftopd_jax.errors import UserError
+from draftopd_jax.evaluation.heldout import HeldoutTau
 from draftopd_jax.io import LoadedModel, load_model, zoo
 from draftopd_jax.io.drafter_checkpoint import load_drafter, save_drafter
+from draftopd_jax.jobs import config_check
 from draftopd_jax.models import dflash, eagle3
+from draftopd_jax.models.drafters import DFlashDrafter, Eagle3Drafter
 from draftopd_jax.parallel import distributed, sharding
-from draftopd_jax.training import data, dflash_sft, flops, trainer
+from draftopd_jax.sampling import SamplingConfig
+from draftopd_jax.sft import data, dflash_loss, eagle3_loss, feature_cache
+from draftopd_jax.training import flops, trainer
 from draftopd_jax.training.checkpoints import Checkpointer
-from draftopd_jax.training.preemption import Preempted, PreemptionWatch
-from draftopd_jax.training.heldout import HeldoutTau
 from draftopd_jax.training.metric_writer import MetricWriter
+from draftopd_jax.training.preemption import Preempted, PreemptionWatch
 
 
 def training_prompts(config, model: LoadedModel) -> list[list[int]]:
@@ -112,7 +113,7 @@ def target_features(config, model: LoadedModel, drafter: DFlashDrafter,
   build = lambda: feature_cache.build(
       [(e.prompt_ids, e.response_ids) for e in examples], model.cfg, model.params,
       regeneration.target_fingerprints(model)["weights"],
-      dflash_sft.cached_layer_ids(drafter.cfg, model.cfg, config.train.loss == "kl"),
+      dflash_loss.cached_layer_ids(drafter.cfg, model.cfg, config.train.loss == "kl"),
       d.seq_len, cache_dir, show_progress=jax.process_index() == 0)
   if jax.process_index() == 0:
     cache = build()
@@ -150,12 +151,12 @@ def training_step(config, drafter, params, target_cfg, optimizer):
   the drafter's kind."""
   t = config.train
   if isinstance(drafter, DFlashDrafter):
-    step = trainer.dflash_step_fn(cfg=drafter.cfg, target_cfg=target_cfg, optimizer=optimizer,
+    step = dflash_loss.step_fn(cfg=drafter.cfg, target_cfg=target_cfg, optimizer=optimizer,
                                   num_anchors=t.num_anchors, gamma=t.gamma,
                                   distill=t.loss == "kl")
     return params, step, lambda trainable: trainable
   d2t = params["d2t"]
-  step = trainer.eagle3_step_fn(d2t_Vd=d2t, cfg=drafter.cfg, target_cfg=target_cfg,
+  step = eagle3_loss.step_fn(d2t_Vd=d2t, cfg=drafter.cfg, target_cfg=target_cfg,
                                 optimizer=optimizer, ttt_steps=t.ttt_steps, ttt_decay=t.ttt_decay)
   return params["model"], step, lambda trainable: {"model": trainable, "d2t": d2t}
 

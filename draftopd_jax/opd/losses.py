@@ -17,7 +17,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from draftopd_jax.training.anchor_plan import AnchorPlan
+from draftopd_jax.opd.anchor_plan import AnchorPlan
+
 
 @dataclasses.dataclass(frozen=True)
 class LossOptions:

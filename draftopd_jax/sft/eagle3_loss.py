@@ -7,8 +7,10 @@ a response token and the target's argmax lies inside the draft vocabulary.
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from draftopd_jax.models import KVCache, ModelConfig, eagle3, forward
+from draftopd_jax.training import trainer
 
 
 def loss_fn(drafter_params: dict, cfg: eagle3.Eagle3Config, target_cfg: ModelConfig,
@@ -40,3 +42,17 @@ def loss_fn(drafter_params: dict, cfg: eagle3.Eagle3Config, target_cfg: ModelCon
     weight_sum += decay**s
   loss = total / weight_sum
   return loss, {"loss": loss, "loss_by_step": jnp.stack(step_losses)}
+
+
+def step_fn(*, d2t_Vd: jax.Array, cfg: eagle3.Eagle3Config, target_cfg: ModelConfig,
+            optimizer: optax.GradientTransformation, ttt_steps: int, ttt_decay: float
+            ) -> trainer.StepFn:
+  """(state, target_params, tokens_BxT, loss_mask_BxT) -> (state, metrics); `state.params` holds
+  the trainable weights ("model"), `d2t_Vd` stays fixed."""
+
+  def loss(model_params, key, target_params, tokens_BxT, loss_mask_BxT):
+    del key  # the EAGLE-3 loss draws nothing at random
+    return loss_fn({"model": model_params, "d2t": d2t_Vd}, cfg, target_cfg, target_params,
+                   tokens_BxT, loss_mask_BxT, steps=ttt_steps, decay=ttt_decay)
+
+  return trainer.step_fn(trainer.loss_gradients(loss), optimizer)

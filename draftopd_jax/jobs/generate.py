@@ -1,37 +1,16 @@
-"""Text in, text out: chat templating, batching into padded fixed shapes, progress."""
+"""`main.py` mode `generate`: the target completes prompts (from the config or a file)."""
 
-import numpy as np
+import json
+import pathlib
+
 from tqdm import tqdm
 
-from draftopd_jax.data.prompts import Prompt
+from draftopd_jax.data.batching import encode_prompts, pad_batch
+from draftopd_jax.data.prompts import Prompt, read_prompts_file
 from draftopd_jax.decoding.generate import generate
-from draftopd_jax.decoding.sampling import SamplingConfig
 from draftopd_jax.errors import UserError
-from draftopd_jax.io import LoadedModel
-
-PROMPT_BUCKET = 32  # prompt widths are rounded up to this, so few shapes get compiled
-
-
-def encode_prompts(model: LoadedModel, prompts: list[Prompt], chat_template: bool
-                   ) -> list[list[int]]:
-  """Token ids of each prompt; a text prompt is one user turn, a chat prompt keeps its turns."""
-  if chat_template:
-    prompts = [model.tokenizer.apply_chat_template(
-        [{"role": "user", "content": p}] if isinstance(p, str) else p) for p in prompts]
-  elif any(not isinstance(p, str) for p in prompts):
-    raise UserError("chat prompts (messages) need the chat template; set chat_template=True")
-  return [model.tokenizer.encode(p) for p in prompts]
-
-
-def pad_batch(rows: list[list[int]], pad_id: int, left: bool = False) -> tuple[np.ndarray, np.ndarray]:
-  """Pads token rows to a common width rounded up to PROMPT_BUCKET; returns (tokens, mask)."""
-  width = -(-max(len(r) for r in rows) // PROMPT_BUCKET) * PROMPT_BUCKET
-  tokens = np.full((len(rows), width), pad_id, np.int32)
-  mask = np.zeros((len(rows), width), bool)
-  for i, row in enumerate(rows):
-    cols = slice(width - len(row), width) if left else slice(0, len(row))
-    tokens[i, cols], mask[i, cols] = row, True
-  return tokens, mask
+from draftopd_jax.io import LoadedModel, load_model
+from draftopd_jax.sampling import SamplingConfig
 
 
 def complete(model: LoadedModel, prompts: list[Prompt], *, max_new_tokens: int,
@@ -59,3 +38,20 @@ def complete(model: LoadedModel, prompts: list[Prompt], *, max_new_tokens: int,
       bar.update(len(rows) * max_new_tokens - sum(len(t) for t in new_tokens))  # early stops
       completions += [model.tokenizer.decode(t) for t in new_tokens]
   return completions
+
+
+def run_generate(config, workdir: str | None) -> None:
+  prompts = read_prompts_file(config.prompts_file) if config.prompts_file else list(config.prompts)
+  sampling = SamplingConfig(**config.sampling)
+  model = load_model(config.model, dtype=config.dtype)
+  completions = complete(model, prompts, max_new_tokens=config.max_new_tokens, sampling=sampling,
+                         batch_size=config.batch_size, chat_template=config.chat_template,
+                         max_prompt_tokens=config.max_prompt_tokens or None, seed=config.seed)
+  for prompt, completion in zip(prompts, completions):
+    print(f"### prompt\n{prompt}\n### completion\n{completion}\n")
+  if workdir:
+    out = pathlib.Path(workdir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "completions.jsonl", "w") as f:
+      for prompt, completion in zip(prompts, completions):
+        f.write(json.dumps({"prompt": prompt, "completion": completion}) + "\n")

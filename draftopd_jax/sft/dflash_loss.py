@@ -11,8 +11,10 @@ final norm and LM head give the teacher at the labelled positions only.
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from draftopd_jax.models import KVCache, ModelConfig, dflash, forward, transformer
+from draftopd_jax.training import trainer
 
 
 def sample_anchors(rng: jax.Array, loss_mask_BxT: jax.Array, num_anchors: int
@@ -44,7 +46,7 @@ def loss_fn(drafter_params: dict, cfg: dflash.DFlashConfig, target_cfg: ModelCon
             *, num_anchors: int, gamma: float, distill: bool,
             features_BxTxFxD: jax.Array | None = None) -> tuple[jax.Array, dict]:
   """Weighted mean loss over valid (anchor, slot) pairs, and metrics. `features_BxTxFxD`: the
-  target's tapped features from a feature cache (data/feature_cache.py) instead of its forward
+  target's tapped features from a feature cache (sft/feature_cache.py) instead of its forward
   here; with `distill`, followed by the target's last layer (`cached_layer_ids`)."""
   b, t = tokens_BxT.shape
   k = cfg.block_size
@@ -90,3 +92,15 @@ def loss_fn(drafter_params: dict, cfg: dflash.DFlashConfig, target_cfg: ModelCon
   accuracy_K1 = correct_BxNxK1.sum((0, 1)) / jnp.maximum(valid_BxNxK1.sum((0, 1)), 1)
   return loss, {"loss": loss, "accuracy_by_slot": accuracy_K1,
                 "tokens": jnp.sum(valid_BxNxK1)}
+
+
+def step_fn(*, cfg: dflash.DFlashConfig, target_cfg: ModelConfig, optimizer: optax.GradientTransformation,
+            num_anchors: int, gamma: float, distill: bool) -> trainer.StepFn:
+  """(state, target_params, tokens_BxT, loss_mask_BxT[, features_BxTxFxD]) -> (state, metrics)."""
+
+  def loss(params, key, target_params, tokens_BxT, loss_mask_BxT, features_BxTxFxD=None):
+    return loss_fn(params, cfg, target_cfg, target_params, tokens_BxT, loss_mask_BxT, key,
+                   num_anchors=num_anchors, gamma=gamma, distill=distill,
+                   features_BxTxFxD=features_BxTxFxD)
+
+  return trainer.step_fn(trainer.loss_gradients(loss), optimizer)

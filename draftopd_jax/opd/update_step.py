@@ -15,13 +15,12 @@ import jax.numpy as jnp
 import optax
 
 from draftopd_jax.decoding import engine
-from draftopd_jax.decoding.drafters import DFlashDrafter, Eagle3Drafter
-from draftopd_jax.decoding.sampling import SamplingConfig
 from draftopd_jax.models import ModelConfig
-from draftopd_jax.training import anchor_plan, opd_replay
-from draftopd_jax.training.opd_losses import LossOptions
-from draftopd_jax.training.trainer import StepFn, TrainState
-
+from draftopd_jax.models.drafters import DFlashDrafter, Eagle3Drafter
+from draftopd_jax.opd import anchor_plan, replay
+from draftopd_jax.opd.losses import LossOptions
+from draftopd_jax.sampling import SamplingConfig
+from draftopd_jax.training import trainer
 
 # Metrics that add up over the rollout batches of an update (the others are averaged).
 COUNTS = ("first_rejection_histogram", "rollout_tokens", "response_tokens", "rejected_tokens")
@@ -94,27 +93,26 @@ def rollout_loss(trainable_params, rng, target_params, prompt_BxP, prompt_mask_B
   if not rollout.rejected_stream:
     plan = anchor_plan.without_rejected(plan)
   if at_verify_steps:
-    teacher = opd_replay.from_rollout(decoded)
+    teacher = replay.from_rollout(decoded)
   else:  # random anchors are not verify steps: one more target pass gives their teacher
     plan = anchor_plan.random_anchors(plan, plan_key, decoded.prompt_lens_B, decoded.lengths_B)
-    teacher = opd_replay.target_pass(drafter.layer_ids, target_cfg, target_params,
+    teacher = replay.target_pass(drafter.layer_ids, target_cfg, target_params,
                                      decoded.tokens_BxS, plan.anchor_pos_BxN, drafter.block_size,
                                      full)
     if full:  # the rejected stream, in the second half of the blocks, keeps the verify rows
       n = trace.anchor_pos_BxN.shape[1]
       teacher = teacher.replace(rows_BxNxK1xV=jnp.concatenate(
           [teacher.rows_BxNxK1xV[:, :n], trace.verify_logprobs_BxNxK1xV], axis=1))
-  value, metrics = opd_replay.loss_fn(trainable_params, drafter, d2t_Vd, target_cfg,
+  value, metrics = replay.loss_fn(trainable_params, drafter, d2t_Vd, target_cfg,
                                       target_params, decoded.tokens_BxS, plan, teacher, loss)
   return value, {"loss": value, **metrics, **stats}
 
 
-def _opd_step(state: TrainState, target_params: dict, prompt_BxP: jax.Array,
-              prompt_mask_BxP: jax.Array, *, drafter: DFlashDrafter | Eagle3Drafter,
-              d2t_Vd: jax.Array | None, target_cfg: ModelConfig,
-              optimizer: optax.GradientTransformation, rollout: RolloutOptions,
-              loss: LossOptions) -> tuple[TrainState, dict]:
-  rng, step_key = jax.random.split(state.rng)
+def _gradients(params: dict, step_key: jax.Array, target_params: dict, prompt_BxP: jax.Array,
+               prompt_mask_BxP: jax.Array, *, drafter: DFlashDrafter | Eagle3Drafter,
+               d2t_Vd: jax.Array | None, target_cfg: ModelConfig, rollout: RolloutOptions,
+               loss: LossOptions) -> tuple[dict, dict]:
+  """The mean gradient over `rollouts_per_update` rollouts, each on its slice of the prompts."""
   r = rollout.rollouts_per_update
   grad_fn = jax.value_and_grad(functools.partial(rollout_loss, drafter=drafter, d2t_Vd=d2t_Vd,
                                                  target_cfg=target_cfg, rollout=rollout,
@@ -123,7 +121,7 @@ def _opd_step(state: TrainState, target_params: dict, prompt_BxP: jax.Array,
 
   def one_rollout(_, inputs):
     key, prompt, mask = inputs
-    (_, metrics), grads = grad_fn(state.params, key, target_params, prompt, mask)
+    (_, metrics), grads = grad_fn(params, key, target_params, prompt, mask)
     return None, (grads, metrics)
 
   _, (grads, metrics) = jax.lax.scan(
@@ -132,19 +130,17 @@ def _opd_step(state: TrainState, target_params: dict, prompt_BxP: jax.Array,
   metrics = {name: (value.sum(0) if name in COUNTS else
                     value.max(0) if name == "rollout_steps" else value.mean(0))
              for name, value in metrics.items()}
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics["grad_norm"] = optax.global_norm(grads)
-  return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
+  return grads, metrics
 
 
 def opd_step_fn(*, drafter: DFlashDrafter | Eagle3Drafter, target_cfg: ModelConfig,
                 optimizer: optax.GradientTransformation, rollout: RolloutOptions,
-                loss: LossOptions, d2t_Vd: jax.Array | None = None) -> StepFn:
+                loss: LossOptions, d2t_Vd: jax.Array | None = None) -> trainer.StepFn:
   """(state, target_params, prompt_BxP, prompt_mask_BxP) -> (state, metrics); shard it with
   `trainer.shard_step` like the SFT step (prompt rows take the batch sharding). The state holds
   the DFlash weights, or the EAGLE-3 "model" weights with `d2t_Vd` fixed."""
   if isinstance(drafter, Eagle3Drafter) == (d2t_Vd is None):
     raise ValueError("pass d2t_Vd for an EAGLE-3 drafter, and only then")
-  return functools.partial(_opd_step, drafter=drafter, d2t_Vd=d2t_Vd, target_cfg=target_cfg,
-                           optimizer=optimizer, rollout=rollout, loss=loss)
+  return trainer.step_fn(functools.partial(_gradients, drafter=drafter, d2t_Vd=d2t_Vd,
+                                           target_cfg=target_cfg, rollout=rollout, loss=loss),
+                         optimizer)

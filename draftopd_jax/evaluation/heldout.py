@@ -3,9 +3,21 @@
 import numpy as np
 
 from draftopd_jax.data import prompts
-from draftopd_jax.decoding.completions import encode_prompts, pad_batch
+from draftopd_jax.data.batching import encode_prompts, pad_batch
+from draftopd_jax.decoding import engine
+from draftopd_jax.evaluation import metrics
 from draftopd_jax.io import LoadedModel
-from draftopd_jax.training import trainer
+from draftopd_jax.models import ModelConfig
+
+
+def heldout_tau(target_cfg: ModelConfig, target_params: dict, drafter, drafter_params,
+                prompt_BxP: np.ndarray, prompt_mask_BxP: np.ndarray, max_new_tokens: int,
+                eos_ids: tuple[int, ...]) -> float:
+  """Macro tau of greedy speculative decoding on a fixed held-out batch."""
+  state = engine.run(target_cfg, target_params, prompt_BxP, prompt_mask_BxP, drafter=drafter,
+                     drafter_params=drafter_params, max_new_tokens=max_new_tokens,
+                     eos_ids=eos_ids)
+  return metrics.summarize(metrics.acceptance_lengths(state.trace), drafter.block_size)["tau"]
 
 
 class HeldoutTau:
@@ -22,7 +34,7 @@ class HeldoutTau:
 
   def __call__(self, drafter, drafter_params, target_params) -> dict[str, float]:
     """Per dataset ("heldout_tau/NAME") and their mean ("heldout_tau")."""
-    taus = {f"heldout_tau/{name}": trainer.heldout_tau(
+    taus = {f"heldout_tau/{name}": heldout_tau(
         self.model.cfg, target_params, drafter, drafter_params, *batch, self.max_new_tokens,
         self.model.tokenizer.eos_ids) for name, batch in self.batches.items()}
     return {"heldout_tau": float(np.mean(list(taus.values()))), **taus}

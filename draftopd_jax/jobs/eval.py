@@ -15,16 +15,21 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from draftopd_jax.data.batching import encode_prompts, pad_batch
 from draftopd_jax.data.prompts import eval_prompts, sharegpt_prompts
 from draftopd_jax.decoding import engine
-from draftopd_jax.decoding.completions import encode_prompts, pad_batch
-from draftopd_jax.decoding.drafters import Autoregressive, DFlashDrafter, Eagle3Drafter, Oracle
-from draftopd_jax.decoding.sampling import SamplingConfig
 from draftopd_jax.errors import UserError
 from draftopd_jax.evaluation import metrics, plots
 from draftopd_jax.io import LoadedModel, load_model
 from draftopd_jax.io.drafter_checkpoint import load_drafter
 from draftopd_jax.models import dflash, eagle3
+from draftopd_jax.models.drafters import (
+  Autoregressive,
+  DFlashDrafter,
+  Eagle3Drafter,
+  Oracle,
+)
+from draftopd_jax.sampling import SamplingConfig
 
 DRAFTER_KINDS = ("dflash", "eagle3", "oracle")
 

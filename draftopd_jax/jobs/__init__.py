@@ -1,0 +1,2 @@
+"""The jobs `main.py` runs (sft, opd, eval, export, generate, corpus) and the config checks that
+run before them."""

@@ -1,0 +1,58 @@
+"""`main.py` mode `export`: a drafter checkpoint to a serving format (`io/export.py`), loaded back
+and its logits compared with the checkpoint's before the job reports success."""
+
+import jax
+import numpy as np
+
+from draftopd_jax.errors import UserError
+from draftopd_jax.io import load_model
+from draftopd_jax.io.drafter_checkpoint import load_drafter
+from draftopd_jax.io.export import export_drafter, import_drafter
+from draftopd_jax.models import ModelConfig, dflash, eagle3
+from draftopd_jax.models.drafters import DFlashDrafter
+
+
+def drafter_logits(drafter, params, target_cfg: ModelConfig, target_params: dict,
+                   seed: int = 0) -> np.ndarray:
+  """The drafter's logits on a fixed random context: what a round trip must keep unchanged."""
+  rng = np.random.default_rng(seed)
+  b, s = 2, 24
+  tokens = rng.integers(0, target_cfg.vocab_size, (b, s)).astype(np.int32)
+  features = rng.standard_normal((b, s, len(drafter.cfg.target_layer_ids),
+                                  target_cfg.hidden_size)).astype(np.float32)
+  positions = np.broadcast_to(np.arange(s), (b, s))
+  if isinstance(drafter, DFlashDrafter):
+    cache = dflash.write_context(drafter.cfg, params, dflash.ContextCache.create(drafter.cfg, b, s),
+                                 features, positions)
+    anchors = np.array([[5, 12], [3, 16]])
+    logits = dflash.block_logits(drafter.cfg, params, target_cfg, target_params,
+                                 np.take_along_axis(tokens, anchors, 1), anchors, cache)
+  else:
+    feature = eagle3.bind(drafter.cfg, params["model"]).fuse(features)
+    _, logits, _ = eagle3.step(drafter.cfg, params["model"], target_cfg, target_params, tokens,
+                               feature, positions, eagle3.Eagle3Cache.create(drafter.cfg, b, s))
+  return np.asarray(jax.device_get(logits))
+
+
+def run_export(config, workdir: str | None) -> dict:
+  """The `export` mode: the drafter checkpoint `config.drafter` to `workdir` in `config.format`,
+  then loaded back and compared."""
+  if not workdir:
+    raise UserError("export writes config.json and model.safetensors: pass --workdir=DIR")
+  if not config.drafter:
+    raise UserError("pass the drafter checkpoint to export: --config.drafter=DIR")
+  model = load_model(config.model, dtype=config.dtype)
+  drafter, params = load_drafter(config.drafter, model.cfg, model.tokenizer)
+  fmt = config.format
+  if fmt == "auto":
+    fmt = "dflash" if isinstance(drafter, DFlashDrafter) else "eagle3"
+  out = export_drafter(workdir, fmt, drafter, params, model.cfg, model.params, config.verifier)
+  back, back_params = import_drafter(out, model.cfg, model.params)
+  gap = float(np.abs(drafter_logits(back, back_params, model.cfg, model.params)
+                     - drafter_logits(drafter, params, model.cfg, model.params)).max())
+  if back != drafter or gap > 1e-4:
+    raise UserError(f"the export in {out} does not load back to the same drafter (logit gap "
+                    f"{gap:.2e}); please report this")
+  print(f"exported {type(drafter).__name__} to {out} in the {fmt} format (round trip: max logit "
+        f"difference {gap:.1e})")
+  return {"format": fmt, "directory": str(out), "max_logit_difference": gap}
