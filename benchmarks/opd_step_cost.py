@@ -26,10 +26,9 @@ import jax
 import numpy as np
 
 from draftopd_jax.data import prompts
-from draftopd_jax.data.batching import encode_prompts
+from draftopd_jax.data.batching import encode_prompts, pad_batch
 from draftopd_jax.io import load_model
 from draftopd_jax.io.drafter_checkpoint import load_drafter
-from draftopd_jax.jobs import opd
 from draftopd_jax.models import dflash
 from draftopd_jax.models.drafters import DFlashDrafter
 from draftopd_jax.opd import anchor_plan, replay, update_step
@@ -61,7 +60,7 @@ def main() -> None:
   cfg, k = drafter.cfg, drafter.cfg.block_size
   texts = prompts.sharegpt_prompts("train", 64)
   rows = [ids for ids in encode_prompts(model, texts, True) if len(ids) <= args.prompt_width]
-  batch = opd.fixed_width_batch(rows[:args.batch], args.prompt_width, model.tokenizer.pad_id)
+  batch = pad_batch(rows[:args.batch], model.tokenizer.pad_id, width=args.prompt_width)
   rollout = update_step.RolloutOptions(max_new_tokens=args.new_tokens,
                                     eos_ids=model.tokenizer.eos_ids)
   loss = LossOptions()

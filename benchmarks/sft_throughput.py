@@ -22,7 +22,7 @@ from side_by_side import interleaved_medians
 
 from draftopd_jax.data.regeneration import load_corpus
 from draftopd_jax.io import load_model
-from draftopd_jax.jobs import sft
+from draftopd_jax.jobs.new_drafter import drafter_config
 from draftopd_jax.models import dflash
 from draftopd_jax.sft import data, dflash_loss, feature_cache
 from draftopd_jax.training import trainer
@@ -43,7 +43,7 @@ def main() -> None:
   examples = [data.Example(tuple(p), tuple(r)) for p, r in
               load_corpus(ROOT / corpus_config.data.corpus, model).examples(
                   args.batch * (args.runs + 1))]
-  drafter_cfg = sft.new_drafter_config(config.drafter, model.cfg)
+  drafter_cfg = drafter_config(config.drafter, model.cfg)
   with tempfile.TemporaryDirectory() as cache_dir:
     started = time.perf_counter()
     cache = feature_cache.build([(e.prompt_ids, e.response_ids) for e in examples], model.cfg,

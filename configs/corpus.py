@@ -52,4 +52,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant == "quick":
     c.data.update(corpus="", num_prompts=6, shard_size=4, regen_batch_size=4, response_tokens=8,
                   max_prompt_tokens=128)
-  return c
+  return c.lock()  # a misspelt key in a file that builds on this one fails where it is set

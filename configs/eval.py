@@ -44,4 +44,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ))
   if variant == "quick":
     c.num_prompts, c.max_new_tokens = 3, 32
-  return c
+  return c.lock()  # a misspelt key in a file that builds on this one fails where it is set

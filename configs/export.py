@@ -29,4 +29,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.format = variant  # "auto": dflash for DFlash drafters, eagle3 for EAGLE-3 drafters
   # The target as serving engines should load it (speculators' verifier.name_or_path).
   c.verifier = "HuggingFaceTB/SmolLM2-135M-Instruct"
-  return c
+  return c.lock()  # a misspelt key in a file that builds on this one fails where it is set

@@ -37,4 +37,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sampling = ml_collections.ConfigDict(dict(temperature=0.0, top_k=0, top_p=1.0))
   if variant == "sample":
     c.sampling.temperature, c.sampling.top_p = 0.7, 0.9
-  return c
+  return c.lock()  # a misspelt key in a file that builds on this one fails where it is set

@@ -148,4 +148,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if "branch" in variants and set(variants) & set(ABLATIONS):
     # The ablation table compares the drafters at the budget only: no evaluations on the way.
     c.train.flops_budget = c.eval_every_flops = SFT_CONFIGS["ABLATION_FLOPS"]
-  return c
+  return c.lock()  # a misspelt key in a file that builds on this one fails where it is set

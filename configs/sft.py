@@ -176,4 +176,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      max_new_tokens=256)
     c.mesh.update(data=-1, fsdp=8, tensor=1)
     c.eval_every, c.log_every, c.checkpoint_every = 1000, 10, 500
-  return c
+  return c.lock()  # a misspelt key in a file that builds on this one fails where it is set

@@ -5,6 +5,7 @@ file may take a variant as `--config=configs/job.py:variant`.
 """
 
 import importlib
+import re
 import sys
 
 from absl import app, flags, logging
@@ -69,11 +70,13 @@ def _parse_flags(argv: list[str]) -> list[str]:
     remaining = flags.FLAGS(argv)
     _CONFIG.value.get("mode")  # a config file that failed to load raises here
     return remaining
-  except (KeyError, AttributeError) as e:  # ml_collections: override of a key the config lacks
+  except (KeyError, AttributeError) as e:  # ml_collections: a key the locked config lacks
     text = str(e.args[0] if e.args else "").replace("\\n", "\n").replace("\\'", "'")
     lines = [line.strip(" '\"") for line in text.splitlines() if line.strip(" '\"")]
     hint = f" ({lines[1]})" if len(lines) > 1 else ""
-    message = f"unknown config key {lines[0] if lines else text} in a --config.<key> override{hint}"
+    locked = re.match(r'Key "(\w+)" does not exist and cannot be added', lines[0] if lines else "")
+    message = (f"unknown config key {locked[1]} set in the config file{hint}" if locked else
+               f"unknown config key {lines[0] if lines else text} in a --config.<key> override{hint}")
   except (flags.Error, ValueError, TypeError, OSError, SyntaxError) as e:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     message = lines[-1] if lines else type(e).__name__

@@ -7,12 +7,7 @@ import pytest
 
 from draftopd_jax.errors import UserError
 from draftopd_jax.io import zoo
-from draftopd_jax.io.drafter_checkpoint import (
-  load_drafter,
-  pack_drafter,
-  read_meta,
-  save_drafter,
-)
+from draftopd_jax.io.drafter_checkpoint import load_drafter, pack_drafter, read_meta, save_drafter
 from draftopd_jax.models import ModelConfig, dflash, eagle3
 from draftopd_jax.models.drafters import DFlashDrafter, Eagle3Drafter
 

@@ -125,8 +125,8 @@ def test_aggregations_on_hand_computed_values():
                                    aggregation="mean_of_means", response_lambda=1,
                                    rejected_lambda=1)
   np.testing.assert_allclose(no_rejected, 1.5)
-  np.testing.assert_allclose(losses.position_weights(4, 0.8, decay=True), [1, 0.8, 0.64])
-  np.testing.assert_allclose(losses.position_weights(4, 0.8, decay=False), [1, 1, 1])
+  np.testing.assert_allclose(losses.rejected_slot_weights(4, 0.8, decay=True), [1, 0.8, 0.64])
+  np.testing.assert_allclose(losses.rejected_slot_weights(4, 0.8, decay=False), [1, 1, 1])
 
 
 def rollout(drafter_params, prompts, mask, max_new_tokens=12):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from draftopd_jax.models import KVCache, ModelConfig, dflash, forward, init_params
-from draftopd_jax.sft.dflash_loss import position_weights
+from draftopd_jax.sft.dflash_loss import slot_weights
 
 TARGET_CFG = ModelConfig(family="llama", vocab_size=61, hidden_size=32, num_layers=8, num_heads=4,
                          num_kv_heads=2, head_dim=8, intermediate_size=48)
@@ -64,4 +64,4 @@ def test_configs_saved_before_the_option_load_as_target_norm_drafters():
 @pytest.mark.parametrize("gamma, expected", [(4.0, np.exp(-np.arange(7) / 4.0)),
                                              (0.0, np.ones(7))])
 def test_slot_decay_weights(gamma, expected):
-  np.testing.assert_allclose(position_weights(8, gamma), expected, rtol=1e-6)
+  np.testing.assert_allclose(slot_weights(8, gamma), expected, rtol=1e-6)

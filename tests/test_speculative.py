@@ -9,14 +9,7 @@ from scipy import stats
 
 from draftopd_jax.data.batching import pad_batch
 from draftopd_jax.decoding import engine
-from draftopd_jax.models import (
-  KVCache,
-  ModelConfig,
-  dflash,
-  eagle3,
-  forward,
-  init_params,
-)
+from draftopd_jax.models import KVCache, ModelConfig, dflash, eagle3, forward, init_params
 from draftopd_jax.models.drafters import DFlashDrafter, Eagle3Drafter, Oracle
 from draftopd_jax.sampling import SamplingConfig, filtered_logits
 

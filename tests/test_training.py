@@ -69,7 +69,7 @@ def test_anchors_are_distinct_positions_before_response_tokens():
   anchors, valid = np.asarray(anchors), np.asarray(valid)
   assert sorted(anchors[0][valid[0]].tolist()) == [2, 3, 4]  # 3 candidates, 4 asked
   assert anchors[1][valid[1]].tolist() == [0] and valid[1].sum() == 1
-  np.testing.assert_allclose(dflash_loss.position_weights(4, 2.0), np.exp(-np.arange(3) / 2.0))
+  np.testing.assert_allclose(dflash_loss.slot_weights(4, 2.0), np.exp(-np.arange(3) / 2.0))
 
 
 def test_dflash_sft_lowers_loss_and_raises_heldout_tau(tmp_path):

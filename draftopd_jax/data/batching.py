@@ -20,9 +20,11 @@ def encode_prompts(model: LoadedModel, prompts: list[Prompt], chat_template: boo
   return [model.tokenizer.encode(p) for p in prompts]
 
 
-def pad_batch(rows: list[list[int]], pad_id: int, left: bool = False) -> tuple[np.ndarray, np.ndarray]:
-  """Pads token rows to a common width rounded up to PROMPT_BUCKET; returns (tokens, mask)."""
-  width = -(-max(len(r) for r in rows) // PROMPT_BUCKET) * PROMPT_BUCKET
+def pad_batch(rows: list[list[int]], pad_id: int, left: bool = False, width: int | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+  """(tokens, mask) of token rows padded to `width`, by default the longest row rounded up to
+  PROMPT_BUCKET (a fixed width compiles a step once; a bucketed one, a few shapes)."""
+  width = width or -(-max(len(r) for r in rows) // PROMPT_BUCKET) * PROMPT_BUCKET
   tokens = np.full((len(rows), width), pad_id, np.int32)
   mask = np.zeros((len(rows), width), bool)
   for i, row in enumerate(rows):

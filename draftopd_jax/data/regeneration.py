@@ -19,14 +19,8 @@ from jax.sharding import NamedSharding
 from tqdm import tqdm
 
 from draftopd_jax.data.batching import pad_batch
-from draftopd_jax.data.corpus import (
-  Corpus,
-  CorpusSettings,
-  Shard,
-  fit_prompt,
-  params_fingerprint,
-  sharegpt_turns,
-)
+from draftopd_jax.data.corpus import (Corpus, CorpusSettings, Shard, fit_prompt, params_fingerprint,
+                                      sharegpt_turns)
 from draftopd_jax.decoding import continuous, engine
 from draftopd_jax.errors import UserError
 from draftopd_jax.io import LoadedModel, load_model

@@ -95,7 +95,7 @@ def _vocab_maps(d2t_Vd: np.ndarray, vocab_size: int) -> dict[str, np.ndarray]:
   """`d2t` as offsets (target id = draft id + d2t[draft id]) and `t2d` as a mask."""
   d2t_Vd = np.asarray(d2t_Vd, np.int64)
   return {"d2t": d2t_Vd - np.arange(len(d2t_Vd)),
-          "t2d": eagle3.target_to_draft_mask(d2t_Vd, vocab_size)}
+          "t2d": np.asarray(eagle3.draft_ids(d2t_Vd, vocab_size) >= 0)}
 
 
 def _speculators_config(algorithm: str, speculative_tokens: int, verifier: str,

@@ -22,13 +22,8 @@ from draftopd_jax.errors import UserError
 from draftopd_jax.evaluation import metrics, plots
 from draftopd_jax.io import LoadedModel, load_model
 from draftopd_jax.io.drafter_checkpoint import load_drafter
-from draftopd_jax.models import dflash, eagle3
-from draftopd_jax.models.drafters import (
-  Autoregressive,
-  DFlashDrafter,
-  Eagle3Drafter,
-  Oracle,
-)
+from draftopd_jax.jobs.new_drafter import new_drafter
+from draftopd_jax.models.drafters import Autoregressive, Oracle
 from draftopd_jax.sampling import SamplingConfig
 
 DRAFTER_KINDS = ("dflash", "eagle3", "oracle")
@@ -45,24 +40,10 @@ def build_drafter(c, model: LoadedModel):
     return load_drafter(c.checkpoint, model.cfg, model.tokenizer)
   if c.kind == "oracle":
     return Oracle(block_size=c.block_size), None
-  layer_ids = tuple(c.target_layer_ids) or None
-  try:
-    if c.kind == "dflash":
-      cfg = dflash.DFlashConfig.for_target(model.cfg, num_layers=c.num_layers,
-                                           block_size=c.block_size, mask_token_id=c.mask_token_id,
-                                           target_layer_ids=layer_ids)
-      return DFlashDrafter(cfg), dflash.init_params(cfg, c.seed)
-    cfg = eagle3.Eagle3Config.for_target(model.cfg, block_size=c.block_size,
-                                         draft_vocab_size=c.draft_vocab_size,
-                                         target_layer_ids=layer_ids)
-  except ValueError as e:
-    raise UserError(f"config.drafter: {e}") from None
-  # The draft vocabulary: the most frequent target tokens of ShareGPT training prompts.
-  counts = np.zeros(model.cfg.vocab_size, np.int64)
-  for ids in encode_prompts(model, sharegpt_prompts("train", 500), chat_template=False):
-    counts += np.bincount(ids, minlength=model.cfg.vocab_size)
-  d2t = eagle3.build_draft_vocab(counts, cfg.draft_vocab_size)
-  return Eagle3Drafter(cfg), {"model": eagle3.init_params(cfg, c.seed), "d2t": jnp.asarray(d2t)}
+  # An EAGLE-3 draft vocabulary: the most frequent target tokens of ShareGPT training prompts.
+  return new_drafter(c, model.cfg, c.seed, lambda: sum(
+      np.bincount(ids, minlength=model.cfg.vocab_size)
+      for ids in encode_prompts(model, sharegpt_prompts("train", 500), chat_template=False)))
 
 
 def timed_decode(model: LoadedModel, tokens, mask, drafter, params, max_new_tokens: int,

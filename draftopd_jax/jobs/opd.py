@@ -10,14 +10,13 @@ checkpoints (train state + prompt position) let a stopped run resume; plots land
 
 import json
 import pathlib
-import time
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
 from draftopd_jax.data import prompts
-from draftopd_jax.data.batching import encode_prompts
+from draftopd_jax.data.batching import encode_prompts, pad_batch
 from draftopd_jax.errors import UserError
 from draftopd_jax.evaluation.heldout import HeldoutTau
 from draftopd_jax.io import LoadedModel, load_model
@@ -29,10 +28,7 @@ from draftopd_jax.opd import update_step
 from draftopd_jax.opd.losses import LossOptions
 from draftopd_jax.parallel import sharding
 from draftopd_jax.sampling import SamplingConfig
-from draftopd_jax.training import flops, plots, trainer
-from draftopd_jax.training.checkpoints import Checkpointer
-from draftopd_jax.training.metric_writer import MetricWriter
-from draftopd_jax.training.preemption import Preempted, PreemptionWatch
+from draftopd_jax.training import flops, loop, plots, trainer
 
 
 def starting_drafter(config, out: pathlib.Path, model: LoadedModel):
@@ -62,16 +58,6 @@ def prompt_pool(config, model) -> list[list[int]]:
     raise UserError(f"no OPD prompt fits in data.max_prompt_tokens={d.max_prompt_tokens} "
                     f"(source {d.source!r}, skip {d.skip})")
   return pool
-
-
-def fixed_width_batch(rows: list[list[int]], width: int, pad_id: int
-                      ) -> tuple[np.ndarray, np.ndarray]:
-  """Right-padded to one width for every batch, so the step compiles once."""
-  tokens = np.full((len(rows), width), pad_id, np.int32)
-  mask = np.zeros((len(rows), width), bool)
-  for i, row in enumerate(rows):
-    tokens[i, :len(row)], mask[i, :len(row)] = row, True
-  return tokens, mask
 
 
 def options(config, eos_ids) -> tuple[update_step.RolloutOptions, LossOptions]:
@@ -118,43 +104,44 @@ def run_opd(config, workdir: str | None) -> dict:
   out.mkdir(parents=True, exist_ok=True)
   drafter, start_params = starting_drafter(config, out, model)
   pool = prompt_pool(config, model)
-  heldout_tau = HeldoutTau(model, tuple(config.heldout.datasets), config.heldout.num_prompts,
-                           config.heldout.max_new_tokens, config.data.heldout_fraction)
+  heldout = HeldoutTau(model, tuple(config.heldout.datasets), config.heldout.num_prompts,
+                       config.heldout.max_new_tokens, config.data.heldout_fraction)
 
-  optimizer = trainer.make_optimizer(t.learning_rate, t.warmup_steps, t.steps, t.weight_decay,
-                                     t.grad_clip, t.final_lr_fraction)
+  optimizer = loop.make_optimizer(t)
   eagle = isinstance(drafter, Eagle3Drafter)
   d2t = start_params["d2t"] if eagle else None
   step_fn = update_step.opd_step_fn(drafter=drafter, target_cfg=model.cfg, optimizer=optimizer,
-                                 rollout=rollout_options, loss=loss_options, d2t_Vd=d2t)
-  train_step, state, target_params = trainer.shard_step(
-      step_fn, mesh, trainer.init_state(start_params["model"] if eagle else start_params,
-                                        optimizer, t.seed), model.params, config.sharding_rules)
-  checkpointer = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
-  position = 0
-  if checkpointer.latest_step() is not None:
-    state, position = checkpointer.restore(state)
-    print(f"resumed from step {int(state.step)} (prompt position {position})")
-  writer = MetricWriter(out, tensorboard=config.tensorboard, enabled=jax.process_index() == 0)
+                                    rollout=rollout_options, loss=loss_options, d2t_Vd=d2t)
+  run = loop.Run.start(config, out, mesh, step_fn, optimizer,
+                       start_params["model"] if eagle else start_params, model.params)
   width = config.data.max_prompt_tokens
   seq_len = width + r.max_new_tokens + drafter.block_size
   blocks = r.max_new_tokens * (2 if r.anchors == "random" else 1)
   order = lambda epoch: np.random.default_rng([t.seed, epoch]).permutation(len(pool))
   rows = sharding.process_rows(mesh, config.sharding_rules, batch)  # this process's prompts
-  used_flops = 0.0
 
-  def finished() -> bool:
-    # A FLOPs budget (matched-compute comparisons) ends the run at the first update that reaches
-    # it; the FLOPs of an update depend on how many verify passes its rollout took.
-    return int(state.step) >= t.steps or 0 < t.flops_budget <= used_flops
+  def prompts_at(position: int) -> tuple[np.ndarray, np.ndarray]:
+    return pad_batch([pool[order(p // len(pool))[p % len(pool)]]
+                      for p in range(position, position + batch)][rows], model.tokenizer.pad_id,
+                     width=width)
 
-  def evaluate(step: int) -> dict:
-    taus = heldout_tau(drafter, update_step.full_params(drafter, state.params, d2t), target_params)
-    writer.write(step, {**taus, "train_flops": used_flops})
+  def evaluate(step: int, used_flops: float) -> dict:
+    taus = heldout(drafter, update_step.full_params(drafter, run.state.params, d2t),
+                   run.target_params)
+    run.writer.write(step, {**taus, "train_flops": used_flops})
     return taus
 
-  if int(state.step) == 0:
-    before = evaluate(0)
+  hooks = loop.Hooks(
+      batch=prompts_at, record=lambda m: {k: np.asarray(v).round(5).tolist() for k, v in m.items()},
+      flops=lambda m: flops.opd(drafter.cfg, model.cfg, batch, width, seq_len,
+                                int(m["rollout_steps"]) * r.rollouts_per_update, blocks,
+                                target_pass=r.anchors == "random"),
+      postfix=lambda m: {"loss": f"{float(m['loss']):.3f}",
+                         "rollout_tau": f"{float(m['rollout_tau']):.2f}"},
+      evaluate=lambda step, used: tqdm.write(f"step {step}: held-out tau "
+                                             + _format(evaluate(step, used))))
+  if run.step == 0:
+    before, used_flops = evaluate(0, 0.0), 0.0
     if jax.process_index() == 0:
       (out / "before.json").write_text(json.dumps(before))
   else:
@@ -162,62 +149,19 @@ def run_opd(config, workdir: str | None) -> dict:
     used_flops = max((rec.get("train_flops", 0.0) for rec in map(
         json.loads, (out / "metrics.jsonl").open())), default=0.0)
   print("held-out tau before: " + _format(before))
-  # Progress in updates, or in TFLOPs under a FLOPs budget (the number of updates is not known).
-  done = (lambda: used_flops / 1e12) if t.flops_budget else (lambda: int(state.step))
-  with (PreemptionWatch() as preemption,
-        tqdm(total=t.flops_budget / 1e12 if t.flops_budget else t.steps, initial=done(),
-             desc="opd", unit="TFLOP" if t.flops_budget else "step",
-             bar_format=("{l_bar}{bar}| {n:.1f}/{total:.1f} TFLOP [{elapsed}<{remaining}{postfix}]"
-                         if t.flops_budget else None)) as bar):
-    while not finished():
-      step = int(state.step)
-      batch_prompts = [pool[order(p // len(pool))[p % len(pool)]]
-                       for p in range(position, position + batch)][rows]
-      started = time.perf_counter()
-      state, metrics = train_step(state, target_params, *(
-          sharding.host_batch(mesh, config.sharding_rules, x, batch)
-          for x in fixed_width_batch(batch_prompts, width, model.tokenizer.pad_id)))
-      metrics = jax.device_get(metrics)
-      seconds = time.perf_counter() - started
-      position += batch
-      loss = float(metrics["loss"])
-      if not np.isfinite(loss):
-        raise UserError(f"loss became {loss} at step {step}; the last good checkpoint is kept "
-                        "(lower train.learning_rate)")
-      flops_before = used_flops
-      step_flops = flops.opd(drafter.cfg, model.cfg, batch, width, seq_len,
-                             int(metrics["rollout_steps"]) * r.rollouts_per_update, blocks,
-                             target_pass=r.anchors == "random")
-      used_flops += sum(step_flops.values())
-      if (step + 1) % config.log_every == 0:
-        writer.write(step + 1, {
-            **{k: np.asarray(v).round(5).tolist() for k, v in metrics.items()},
-            "seconds_per_step": seconds, "train_flops": used_flops,
-            **{f"flops_{k}": v for k, v in step_flops.items()}})
-      bar.set_postfix(loss=f"{loss:.3f}", rollout_tau=f"{float(metrics['rollout_tau']):.2f}")
-      bar.update(min(done(), bar.total) - bar.n)  # the last update may overshoot the budget
-      if not finished() and (trainer.crossed(flops_before, used_flops, config.eval_every_flops)
-                             if config.eval_every_flops else
-                             int(state.step) % config.eval_every == 0):
-        bar.write(f"step {int(state.step)}: held-out tau " + _format(evaluate(int(state.step))))
-      if int(state.step) % config.checkpoint_every == 0 or finished():
-        checkpointer.save(state, position)
-      if preemption.requested:
-        checkpointer.save(state, position)
-        raise Preempted(f"stopped by SIGTERM after step {int(state.step)}; checkpoint saved in "
-                        f"{out / 'checkpoints'}: run the same command again to resume")
-  after = evaluate(int(state.step))
-  writer.close()
-  checkpointer.close()
+  used_flops = run.train(hooks, name="opd", rows=batch, steps=t.steps,
+                         flops_budget=t.flops_budget, used_flops=used_flops)
+  after = evaluate(run.step, used_flops)
+  run.close()
   save_drafter(out / "drafter", drafter,
-               jax.device_get(update_step.full_params(drafter, state.params, d2t)), model.cfg,
+               jax.device_get(update_step.full_params(drafter, run.state.params, d2t)), model.cfg,
                model.tokenizer)
   if jax.process_index() == 0:
     plots.opd_curves(out / "metrics.jsonl", out)
   print("held-out tau before: " + _format(before))
   print("held-out tau after:  " + _format(after))
   print(f"drafter saved to {out / 'drafter'}; plots and metrics in {out}")
-  return {"before": before, "after": after, "steps": int(state.step)}
+  return {"before": before, "after": after, "steps": run.step}
 
 
 def _format(taus: dict) -> str:

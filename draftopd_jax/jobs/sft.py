@@ -10,10 +10,8 @@ checkpoints that `configs/eval.py` loads.
 
 import json
 import pathlib
-import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
@@ -25,15 +23,12 @@ from draftopd_jax.evaluation.heldout import HeldoutTau
 from draftopd_jax.io import LoadedModel, load_model, zoo
 from draftopd_jax.io.drafter_checkpoint import load_drafter, save_drafter
 from draftopd_jax.jobs import config_check
-from draftopd_jax.models import dflash, eagle3
+from draftopd_jax.jobs.new_drafter import drafter_config, new_drafter
 from draftopd_jax.models.drafters import DFlashDrafter, Eagle3Drafter
 from draftopd_jax.parallel import distributed, sharding
 from draftopd_jax.sampling import SamplingConfig
 from draftopd_jax.sft import data, dflash_loss, eagle3_loss, feature_cache
-from draftopd_jax.training import flops, trainer
-from draftopd_jax.training.checkpoints import Checkpointer
-from draftopd_jax.training.metric_writer import MetricWriter
-from draftopd_jax.training.preemption import Preempted, PreemptionWatch
+from draftopd_jax.training import flops, loop, trainer
 
 
 def training_prompts(config, model: LoadedModel) -> list[list[int]]:
@@ -81,26 +76,6 @@ def corpus_examples(config, model: LoadedModel, everything: bool = False) -> lis
   return [data.Example(tuple(p), tuple(r)) for p, r in pairs]
 
 
-def new_drafter_config(c, target_cfg) -> dflash.DFlashConfig | eagle3.Eagle3Config:
-  """The config of a new drafter of `c.kind` (`config.drafter`), checked against the target."""
-  if c.kind not in ("dflash", "eagle3"):
-    raise UserError(f"config.drafter.kind={c.kind!r}; choose dflash or eagle3")
-  layer_ids = tuple(c.target_layer_ids) or None
-  try:
-    if c.kind == "dflash":
-      return dflash.DFlashConfig.for_target(target_cfg, num_layers=c.num_layers,
-                                            block_size=c.block_size,
-                                            mask_token_id=c.mask_token_id,
-                                            target_layer_ids=layer_ids,
-                                            num_taps=c.get("num_taps") or None,
-                                            own_final_norm=c.get("own_final_norm", True))
-    return eagle3.Eagle3Config.for_target(target_cfg, block_size=c.block_size,
-                                          draft_vocab_size=c.draft_vocab_size,
-                                          target_layer_ids=layer_ids)
-  except ValueError as e:
-    raise UserError(f"config.drafter: {e}") from None
-
-
 def target_features(config, model: LoadedModel, drafter: DFlashDrafter,
                     examples: list[data.Example]) -> feature_cache.FeatureCache:
   """The feature cache for this drafter's taps of `examples`, or of the whole corpus when
@@ -135,15 +110,9 @@ def make_drafter(config, model: LoadedModel, examples: list[data.Example]):
     if not isinstance(drafter, DFlashDrafter if c.kind == "dflash" else Eagle3Drafter):
       raise UserError(f"{c.init_from} is not a {c.kind} drafter; set config.drafter.kind")
     return drafter, params
-  cfg = new_drafter_config(c, model.cfg)
-  if isinstance(cfg, dflash.DFlashConfig):
-    return DFlashDrafter(cfg), dflash.init_params(cfg, config.train.seed)
-  counts = np.zeros(model.cfg.vocab_size, np.int64)
-  for e in examples:
-    counts += np.bincount(np.asarray(e.response_ids, np.int64), minlength=model.cfg.vocab_size)
-  d2t = eagle3.build_draft_vocab(counts, cfg.draft_vocab_size)
-  return Eagle3Drafter(cfg), {"model": eagle3.init_params(cfg, config.train.seed),
-                              "d2t": jnp.asarray(d2t)}
+  return new_drafter(c, model.cfg, config.train.seed, lambda: sum(
+      np.bincount(np.asarray(e.response_ids, np.int64), minlength=model.cfg.vocab_size)
+      for e in examples))
 
 
 def training_step(config, drafter, params, target_cfg, optimizer):
@@ -176,112 +145,85 @@ def run_sft(config, workdir: str | None) -> dict:
   if not workdir:
     raise UserError("sft writes checkpoints and metrics: pass --workdir=DIR")
   out = pathlib.Path(workdir)
-  t = config.train
+  t, d = config.train, config.data
   if t.loss not in ("ce", "kl"):
     raise UserError(f"train.loss={t.loss!r}; choose ce or kl")
-  if config.data.feature_cache and config.drafter.kind != "dflash":
+  if d.feature_cache and config.drafter.kind != "dflash":
     raise UserError("data.feature_cache serves DFlash SFT only; set data.feature_cache=False")
   mesh = trainer.training_mesh(config.mesh, config.sharding_rules, t.batch_size)
   model = load_model(config.model, dtype=config.dtype)
   check_step_memory(config, model.cfg.vocab_size)
   if not config.drafter.init_from:
-    new_drafter_config(config.drafter, model.cfg)  # a bad drafter setting fails before the data
+    drafter_config(config.drafter, model.cfg)  # a bad drafter setting fails before the data
   # Bad data settings fail before the workdir is made.
-  examples = corpus_examples(config, model) if config.data.corpus else None
+  examples = corpus_examples(config, model) if d.corpus else None
   prompt_ids = None if examples else training_prompts(config, model)
   out.mkdir(parents=True, exist_ok=True)
   if examples is None:
     examples = regenerated_examples(config, model, prompt_ids, out)
   drafter, params = make_drafter(config, model, examples)
-  features = target_features(config, model, drafter, examples) if config.data.feature_cache else None
-  heldout_tau = HeldoutTau(model, tuple(config.heldout.datasets), config.heldout.num_prompts,
-                           config.heldout.max_new_tokens, config.data.heldout_fraction)
+  features = target_features(config, model, drafter, examples) if d.feature_cache else None
+  heldout = HeldoutTau(model, tuple(config.heldout.datasets), config.heldout.num_prompts,
+                       config.heldout.max_new_tokens, d.heldout_fraction)
 
-  optimizer = trainer.make_optimizer(t.learning_rate, t.warmup_steps, t.steps, t.weight_decay,
-                                     t.grad_clip, t.final_lr_fraction)
+  optimizer = loop.make_optimizer(t)
   trainable, step_fn, full_params = training_step(config, drafter, params, model.cfg, optimizer)
-  train_step, state, target_params = trainer.shard_step(
-      step_fn, mesh, trainer.init_state(trainable, optimizer, t.seed), model.params,
-      config.sharding_rules, batch_inputs=2 if features is None else 3)
-  checkpointer = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
-  position = 0
-  if checkpointer.latest_step() is not None:
-    state, position = checkpointer.restore(state)
-    print(f"resumed from step {int(state.step)} (data position {position})")
-  step_flops = (flops.dflash_train(drafter.cfg, model.cfg, t.batch_size, config.data.seq_len,
+  run = loop.Run.start(config, out, mesh, step_fn, optimizer, trainable, model.params,
+                       batch_inputs=2 if features is None else 3)
+  step_flops = (flops.dflash_train(drafter.cfg, model.cfg, t.batch_size, d.seq_len,
                                    t.num_anchors, cached_features=features is not None,
                                    distill=t.loss == "kl") if isinstance(drafter, DFlashDrafter) else
-                flops.eagle3_train(drafter.cfg, model.cfg, t.batch_size, config.data.seq_len,
-                                   t.ttt_steps))
+                flops.eagle3_train(drafter.cfg, model.cfg, t.batch_size, d.seq_len, t.ttt_steps))
   flops_per_step = sum(step_flops.values())
-  steps = trainer.budget_steps(t.steps, t.flops_budget, flops_per_step)
   # The data stream: a fixed permutation per epoch, addressed by the position in the stream;
   # each process batches only the rows its devices hold.
   order = lambda epoch: np.random.default_rng([t.seed, epoch]).permutation(len(examples))
   rows = sharding.process_rows(mesh, config.sharding_rules, t.batch_size)
 
-  def eval_due(step: int) -> bool:
-    if config.eval_every_flops:
-      return step == 0 or trainer.crossed((step - 1) * flops_per_step, step * flops_per_step,
-                                          config.eval_every_flops)
-    return step % config.eval_every == 0
+  def batch(position: int) -> tuple[np.ndarray, ...]:
+    indices = [order(p // len(examples))[p % len(examples)]
+               for p in range(position, position + t.batch_size)][rows]
+    arrays = data.to_batch([examples[i] for i in indices], d.seq_len, model.tokenizer.pad_id)
+    return arrays if features is None else (*arrays, features.batch(indices, d.seq_len))
 
-  writer = MetricWriter(out, tensorboard=config.tensorboard, enabled=jax.process_index() == 0)
   best_file = out / "best.json"  # survives restarts, so a resumed run keeps the true best
   best = json.loads(best_file.read_text())["heldout_tau"] if best_file.is_file() else -1.0
-  with (PreemptionWatch() as preemption,
-        tqdm(total=steps, initial=int(state.step), desc="sft", unit="step") as bar):
-    while int(state.step) < steps:
-      step = int(state.step)
-      if eval_due(step):
-        taus = heldout_tau(drafter, full_params(state.params), target_params)
-        tau = taus["heldout_tau"]
-        writer.write(step, {**taus, "train_flops": step * flops_per_step})
-        bar.write(f"step {step}: held-out tau " + ", ".join(f"{k.split('/')[-1]} {v:.3f}"
-                                                             for k, v in taus.items()))
-        if tau > best:
-          best = tau
-          save_drafter(out / "best_drafter", drafter, full_params(state.params), model.cfg,
-                       model.tokenizer)
-          if jax.process_index() == 0:
-            best_file.write_text(json.dumps({"step": step, "heldout_tau": tau}))
-      indices = [order(p // len(examples))[p % len(examples)]
-                 for p in range(position, position + t.batch_size)][rows]
-      batch = data.to_batch([examples[i] for i in indices], config.data.seq_len,
-                            model.tokenizer.pad_id)
-      if features is not None:
-        batch += (features.batch(indices, config.data.seq_len),)
-      started = time.perf_counter()
-      state, metrics = train_step(state, target_params, *(
-          sharding.host_batch(mesh, config.sharding_rules, x, t.batch_size) for x in batch))
-      loss = float(metrics["loss"])
-      position += t.batch_size
-      if not np.isfinite(loss):
-        raise UserError(f"loss became {loss} at step {step}; the last good checkpoint is kept "
-                        "(lower train.learning_rate)")
-      if (step + 1) % config.log_every == 0:
-        writer.write(step + 1, {
-            "loss": loss, "grad_norm": float(metrics["grad_norm"]),
-            **{k: np.asarray(metrics[k]).round(4).tolist()
-               for k in ("accuracy_by_slot", "loss_by_step") if k in metrics},
-            "seconds_per_step": time.perf_counter() - started,
-            "train_flops": (step + 1) * flops_per_step,
-            **{f"flops_{k}": v for k, v in step_flops.items()}})
-      bar.set_postfix(loss=f"{loss:.3f}")
-      bar.update(1)
-      if int(state.step) % config.checkpoint_every == 0 or int(state.step) == steps:
-        checkpointer.save(state, position)
-      if preemption.requested:
-        checkpointer.save(state, position)
-        raise Preempted(f"stopped by SIGTERM after step {int(state.step)}; checkpoint saved in "
-                        f"{out / 'checkpoints'}: run the same command again to resume")
-  taus = heldout_tau(drafter, full_params(state.params), target_params)
-  tau = taus["heldout_tau"]
-  writer.write(int(state.step), {**taus, "train_flops": int(state.step) * flops_per_step})
-  writer.close()
-  save_drafter(out / "drafter", drafter, jax.device_get(full_params(state.params)), model.cfg,
+
+  def evaluate(step: int, used_flops: float) -> float:
+    """Held-out tau, written; a new best is saved as best_drafter."""
+    nonlocal best
+    taus = heldout(drafter, full_params(run.state.params), run.target_params)
+    run.writer.write(step, {**taus, "train_flops": used_flops})
+    tqdm.write(f"step {step}: held-out tau " + _format(taus))
+    if taus["heldout_tau"] > best:
+      best = taus["heldout_tau"]
+      save_drafter(out / "best_drafter", drafter, full_params(run.state.params), model.cfg,
+                   model.tokenizer)
+      if jax.process_index() == 0:
+        best_file.write_text(json.dumps({"step": step, "heldout_tau": best}))
+    return taus["heldout_tau"]
+
+  hooks = loop.Hooks(
+      batch=batch, flops=lambda metrics: step_flops, evaluate=evaluate,
+      record=lambda m: {"loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]),
+                        **{k: np.asarray(m[k]).round(4).tolist()
+                           for k in ("accuracy_by_slot", "loss_by_step") if k in m}},
+      postfix=lambda m: {"loss": f"{float(m['loss']):.3f}"})
+  if run.step == 0:
+    evaluate(0, 0.0)
+  run.train(hooks, name="sft", rows=t.batch_size, flops_budget=0.0,
+            steps=trainer.budget_steps(t.steps, t.flops_budget, flops_per_step),
+            used_flops=run.step * flops_per_step)
+  taus = heldout(drafter, full_params(run.state.params), run.target_params)
+  run.writer.write(run.step, {**taus, "train_flops": run.step * flops_per_step})
+  run.close()
+  save_drafter(out / "drafter", drafter, jax.device_get(full_params(run.state.params)), model.cfg,
                model.tokenizer)
-  checkpointer.close()
-  print(f"done: step {int(state.step)}, held-out tau {tau:.3f} (best {max(best, tau):.3f}); "
+  tau = taus["heldout_tau"]
+  print(f"done: step {run.step}, held-out tau {tau:.3f} (best {max(best, tau):.3f}); "
         f"drafter saved to {out / 'drafter'}")
-  return {"heldout_tau": tau, "steps": int(state.step)}
+  return {"heldout_tau": tau, "steps": run.step}
+
+
+def _format(taus: dict) -> str:
+  return ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in taus.items())

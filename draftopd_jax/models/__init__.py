@@ -2,14 +2,8 @@
 drafter interface the engine and the training steps use (`drafters.py`)."""
 
 from draftopd_jax.models.config import ModelConfig
-from draftopd_jax.models.transformer import (
-                                             ForwardOutput,
-                                             KVCache,
-                                             Params,
-                                             forward,
-                                             init_params,
-                                             param_shapes,
-)
+from draftopd_jax.models.transformer import (ForwardOutput, KVCache, Params, forward,
+                                             forward_sequences, init_params, param_shapes)
 
-__all__ = ["ForwardOutput", "KVCache", "ModelConfig", "Params", "forward", "init_params",
-           "param_shapes"]
+__all__ = ["ForwardOutput", "KVCache", "ModelConfig", "Params", "forward", "forward_sequences",
+           "init_params", "param_shapes"]

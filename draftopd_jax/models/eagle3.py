@@ -121,11 +121,12 @@ def build_draft_vocab(token_counts_V: np.ndarray, draft_vocab_size: int) -> np.n
   return np.sort(order[:draft_vocab_size]).astype(np.int32)
 
 
-def target_to_draft_mask(d2t: np.ndarray, vocab_size: int) -> np.ndarray:
-  """`t2d`: True for target ids that the draft vocabulary contains."""
-  mask = np.zeros(vocab_size, bool)
-  mask[d2t] = True
-  return mask
+def draft_ids(d2t_Vd: jax.Array, vocab_size: int) -> jax.Array:
+  """The inverse map, `t2d` [V]: each target id's draft id, or -1 where the draft vocabulary
+  lacks it."""
+  d2t_Vd = jnp.asarray(d2t_Vd)
+  return jnp.full((vocab_size,), -1, jnp.int32).at[d2t_Vd].set(
+      jnp.arange(d2t_Vd.shape[0], dtype=jnp.int32))
 
 
 def step(cfg: Eagle3Config, params: dict, target_cfg: ModelConfig, target_params: dict,

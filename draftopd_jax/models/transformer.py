@@ -183,3 +183,12 @@ def forward(cfg: ModelConfig, params: Params, tokens_BxT: jax.Array, positions_B
       raise ValueError(f"layer id {i} out of range for a {cfg.num_layers}-layer model")
   return bind(cfg, params)(tokens_BxT, positions_BxT, cache, tuple(layer_ids), layer_params,
                           logits_at_BxL)
+
+
+def forward_sequences(cfg: ModelConfig, params: Params, tokens_BxT: jax.Array,
+                      layer_ids: tuple[int, ...] = ()) -> ForwardOutput:
+  """Whole sequences from position 0 in a fresh cache: the frozen target's pass inside a training
+  step or a feature-cache build (logits, and the hidden states of `layer_ids`)."""
+  b, t = tokens_BxT.shape
+  return forward(cfg, params, tokens_BxT, jnp.broadcast_to(jnp.arange(t), (b, t)),
+                 KVCache.create(cfg, b, t), layer_ids)

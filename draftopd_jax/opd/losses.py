@@ -80,8 +80,9 @@ def token_loss(direction: str, estimator: str, teacher_logprob: jax.Array,
   return full_kl(student_logprobs_xV, teacher_logprobs_xV)
 
 
-def position_weights(block_size: int, gamma: float, decay: bool) -> jax.Array:
-  """Weights of offsets 1..K-1 on the rejected stream: gamma^(offset-1), or ones."""
+def rejected_slot_weights(block_size: int, gamma: float, decay: bool) -> jax.Array:
+  """Weights of offsets 1..K-1 on the rejected stream: gamma^(offset-1), or ones. Draft-OPD's
+  gamma is a ratio; DFlash SFT's `train.gamma` is a decay length (`sft.dflash_loss`)."""
   offsets = jnp.arange(1, block_size, dtype=jnp.float32)
   return gamma ** (offsets - 1) if decay else jnp.ones_like(offsets)
 
@@ -126,7 +127,7 @@ def two_stream_loss(student_BxNxK1xV: jax.Array, plan: AnchorPlan, options: Loss
                              plan.rejected_logprob_BxNxK1,
                              _pick(student_BxNxK1xV, rejected_ids_BxNxK1),
                              teacher_BxNxK1xV, student_BxNxK1xV)
-  rejected_weight = plan.rejected_BxNxK1 * position_weights(k, options.gamma, options.decay)
+  rejected_weight = plan.rejected_BxNxK1 * rejected_slot_weights(k, options.gamma, options.decay)
   loss = combine(response_loss, response.astype(jnp.float32), rejected_loss, rejected_weight,
                  aggregation=options.aggregation, response_lambda=options.response_lambda,
                  rejected_lambda=options.rejected_lambda)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from draftopd_jax.decoding.engine import DecodeState
-from draftopd_jax.models import KVCache, ModelConfig, dflash, eagle3, forward
+from draftopd_jax.models import ModelConfig, dflash, eagle3, forward_sequences
 from draftopd_jax.models.drafters import DFlashDrafter, Eagle3Drafter
 from draftopd_jax.opd import losses
 from draftopd_jax.opd.anchor_plan import AnchorPlan
@@ -56,10 +56,8 @@ def target_pass(layer_ids: tuple[int, ...], target_cfg: ModelConfig, target_para
                 full_rows: bool) -> Teacher:
   """The teacher from one forward of the frozen target over the committed sequences, read at
   blocks anchored anywhere (committed prefixes only)."""
-  b, s = tokens_BxS.shape
-  positions_BxS = jnp.broadcast_to(jnp.arange(s), (b, s))
-  out = forward(target_cfg, target_params, tokens_BxS, positions_BxS,
-                KVCache.create(target_cfg, b, s), layer_ids)
+  b = tokens_BxS.shape[0]
+  out = forward_sequences(target_cfg, target_params, tokens_BxS, layer_ids)
   logprobs_BxSxV = jax.nn.log_softmax(out.logits_BxTxV.astype(jnp.float32), axis=-1)
   label_pos_BxNxK1 = label_positions(tokens_BxS, anchor_pos_BxN, block_size)
   # Logits row t predicts the token at t + 1.
@@ -139,8 +137,7 @@ def loss_fn(trainable_params: dict, drafter, d2t_Vd: jax.Array | None, target_cf
   elif isinstance(drafter, Eagle3Drafter):
     student = eagle3_logprobs(drafter.cfg, {"model": trainable_params, "d2t": d2t_Vd}, target_cfg,
                               target_params, tokens_BxS, teacher.features_BxSxFxD, plan)
-    t2d_V = jnp.full((target_cfg.vocab_size,), -1, jnp.int32).at[d2t_Vd].set(
-        jnp.arange(d2t_Vd.shape[0], dtype=jnp.int32))
+    t2d_V = eagle3.draft_ids(d2t_Vd, target_cfg.vocab_size)
     response_ids = jnp.maximum(t2d_V[labels_BxNxK1], 0)
     in_vocab = t2d_V[labels_BxNxK1] >= 0
     rejected_ids = jnp.maximum(t2d_V[plan.proposals_BxNxK1], 0)  # proposals are in the vocab

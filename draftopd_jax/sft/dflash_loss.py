@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from draftopd_jax.models import KVCache, ModelConfig, dflash, forward, transformer
+from draftopd_jax.models import ModelConfig, dflash, forward_sequences, transformer
 from draftopd_jax.training import trainer
 
 
@@ -28,8 +28,9 @@ def sample_anchors(rng: jax.Array, loss_mask_BxT: jax.Array, num_anchors: int
   return anchors_BxN.astype(jnp.int32), jnp.isfinite(best_BxN)
 
 
-def position_weights(block_size: int, gamma: float) -> jax.Array:
-  """Weight of slots 1..K-1: exp(-(k-1)/gamma), or all ones when gamma <= 0."""
+def slot_weights(block_size: int, gamma: float) -> jax.Array:
+  """Weight of slots 1..K-1: exp(-(k-1)/gamma), or all ones when gamma <= 0. DFlash's gamma is a
+  decay length (`train.gamma`); Draft-OPD's `loss.gamma` is a ratio (`opd.losses`)."""
   k = jnp.arange(1, block_size, dtype=jnp.float32)
   return jnp.exp(-(k - 1) / gamma) if gamma > 0 else jnp.ones_like(k)
 
@@ -54,8 +55,7 @@ def loss_fn(drafter_params: dict, cfg: dflash.DFlashConfig, target_cfg: ModelCon
   # rows [B, L, ...] of a [B, T, ...] array at positions [B, L]
   at = lambda x_BxTx_, pos_BxL: jnp.take_along_axis(x_BxTx_, pos_BxL[..., None], axis=1)
   if features_BxTxFxD is None:
-    target = forward(target_cfg, target_params, tokens_BxT, positions_BxT,
-                     KVCache.create(target_cfg, b, t), cfg.target_layer_ids)
+    target = forward_sequences(target_cfg, target_params, tokens_BxT, cfg.target_layer_ids)
     features_BxTxFxD = target.hidden_BxTxFxD
     teacher_logits_at = lambda pos_BxL: at(target.logits_BxTxV, pos_BxL)
   elif distill:
@@ -86,7 +86,7 @@ def loss_fn(drafter_params: dict, cfg: dflash.DFlashConfig, target_cfg: ModelCon
     loss_BxNxK1 = -jnp.sum(teacher_BxNxK1xV * student_BxNxK1xV, axis=-1)
   else:
     loss_BxNxK1 = -jnp.take_along_axis(student_BxNxK1xV, labels_BxNxK1[..., None], -1)[..., 0]
-  weights_BxNxK1 = valid_BxNxK1 * position_weights(k, gamma)
+  weights_BxNxK1 = valid_BxNxK1 * slot_weights(k, gamma)
   loss = jnp.sum(loss_BxNxK1 * weights_BxNxK1) / jnp.maximum(jnp.sum(weights_BxNxK1), 1e-6)
   correct_BxNxK1 = (jnp.argmax(student_BxNxK1xV, -1) == labels_BxNxK1) & valid_BxNxK1
   accuracy_K1 = correct_BxNxK1.sum((0, 1)) / jnp.maximum(valid_BxNxK1.sum((0, 1)), 1)

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from draftopd_jax.models import KVCache, ModelConfig, eagle3, forward
+from draftopd_jax.models import ModelConfig, eagle3, forward_sequences
 from draftopd_jax.training import trainer
 
 
@@ -19,12 +19,11 @@ def loss_fn(drafter_params: dict, cfg: eagle3.Eagle3Config, target_cfg: ModelCon
   """`drafter_params` = {"model": ..., "d2t": ...}; gradients flow into "model" only."""
   b, t = tokens_BxT.shape
   d2t_Vd = drafter_params["d2t"]
-  target = forward(target_cfg, target_params, tokens_BxT, jnp.broadcast_to(jnp.arange(t), (b, t)),
-                   KVCache.create(target_cfg, b, t), cfg.target_layer_ids)
+  target = forward_sequences(target_cfg, target_params, tokens_BxT, cfg.target_layer_ids)
   features = jax.lax.stop_gradient(target.hidden_BxTxFxD)
   target_logits_BxTxV = jax.lax.stop_gradient(target.logits_BxTxV)
   teacher_all_BxTxVd = jax.nn.softmax(target_logits_BxTxV[..., d2t_Vd], axis=-1)
-  in_draft_vocab_BxT = jnp.zeros(target_cfg.vocab_size, bool).at[d2t_Vd].set(True)[
+  in_draft_vocab_BxT = (eagle3.draft_ids(d2t_Vd, target_cfg.vocab_size) >= 0)[
       jnp.argmax(target_logits_BxTxV, -1)]
   logits_SxBxTxVd = eagle3.ttt_logits(cfg, drafter_params["model"], target_cfg, target_params,
                                       tokens_BxT, features, steps)

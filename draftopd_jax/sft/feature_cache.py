@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from draftopd_jax.data.corpus import atomic_write
-from draftopd_jax.models import KVCache, ModelConfig, forward
+from draftopd_jax.models import ModelConfig, forward_sequences
 from draftopd_jax.training import flops
 
 FORMAT = 1
@@ -48,9 +48,7 @@ def cache_key(examples: Sequence[tuple[Sequence[int], Sequence[int]]], target_fi
 @functools.partial(jax.jit, static_argnames=("target_cfg", "layer_ids"))
 def _features(target_cfg: ModelConfig, target_params: dict, tokens_BxT: jax.Array,
               layer_ids: tuple[int, ...]) -> jax.Array:
-  b, t = tokens_BxT.shape
-  out = forward(target_cfg, target_params, tokens_BxT, jnp.broadcast_to(jnp.arange(t), (b, t)),
-                KVCache.create(target_cfg, b, t), layer_ids)
+  out = forward_sequences(target_cfg, target_params, tokens_BxT, layer_ids)
   return out.hidden_BxTxFxD.astype(jnp.bfloat16)  # the unused logits are dropped by XLA
 
 

@@ -1,0 +1,125 @@
+"""The training loop the SFT and Draft-OPD jobs share.
+
+`Run.start` places the train state and the frozen target on the mesh and resumes from the latest
+checkpoint; `Run.train` updates until the step limit or the FLOPs budget, with held-out tau when
+due, metrics, checkpoints, a NaN check and SIGTERM handling. A job supplies what differs as
+`Hooks`: its batches, its FLOP count per update, what it logs and how it evaluates.
+"""
+
+import dataclasses
+import pathlib
+import time
+from collections.abc import Callable
+
+import jax
+import numpy as np
+import optax
+from jax.sharding import Mesh
+from tqdm import tqdm
+
+from draftopd_jax.errors import UserError
+from draftopd_jax.parallel import sharding
+from draftopd_jax.training import trainer
+from draftopd_jax.training.checkpoints import Checkpointer
+from draftopd_jax.training.metric_writer import MetricWriter
+from draftopd_jax.training.preemption import Preempted, PreemptionWatch
+
+
+def make_optimizer(train_config) -> optax.GradientTransformation:
+  t = train_config
+  return trainer.make_optimizer(t.learning_rate, t.warmup_steps, t.steps, t.weight_decay,
+                                t.grad_clip, t.final_lr_fraction)
+
+
+@dataclasses.dataclass(frozen=True)
+class Hooks:
+  """What a job plugs into `Run.train`; `metrics` are an update's metrics, on the host."""
+
+  batch: Callable[[int], tuple[np.ndarray, ...]]  # stream position -> this process's batch rows
+  flops: Callable[[dict], dict[str, float]]  # metrics -> the update's FLOPs by part
+  record: Callable[[dict], dict]  # metrics -> what metrics.jsonl logs for the update
+  postfix: Callable[[dict], dict[str, str]]  # metrics -> the progress bar's postfix
+  evaluate: Callable[[int, float], None]  # (step, train FLOPs) -> measures and writes held-out tau
+
+
+@dataclasses.dataclass
+class Run:
+  config: object
+  out: pathlib.Path
+  mesh: Mesh
+  state: trainer.TrainState
+  train_step: trainer.StepFn
+  target_params: dict
+  checkpointer: Checkpointer
+  writer: MetricWriter
+  position: int  # in the job's data stream: examples or prompts consumed so far
+
+  @classmethod
+  def start(cls, config, out: pathlib.Path, mesh: Mesh, step_fn: trainer.StepFn,
+            optimizer: optax.GradientTransformation, params: dict, target_params: dict,
+            batch_inputs: int = 2) -> "Run":
+    """The state of `params` (or the latest checkpoint's) and the target, placed on `mesh`."""
+    train_step, state, target_params = trainer.shard_step(
+        step_fn, mesh, trainer.init_state(params, optimizer, config.train.seed), target_params,
+        config.sharding_rules, batch_inputs=batch_inputs)
+    checkpointer = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
+    position = 0
+    if checkpointer.latest_step() is not None:
+      state, position = checkpointer.restore(state)
+      print(f"resumed from step {int(state.step)} (data position {position})")
+    writer = MetricWriter(out, tensorboard=config.tensorboard, enabled=jax.process_index() == 0)
+    return cls(config, out, mesh, state, train_step, target_params, checkpointer, writer, position)
+
+  @property
+  def step(self) -> int:
+    return int(self.state.step)
+
+  def train(self, hooks: Hooks, *, name: str, rows: int, steps: int, flops_budget: float,
+            used_flops: float) -> float:
+    """Updates of `rows` global batch rows until `steps`, or until the first update that reaches
+    `flops_budget` (> 0; a FLOPs budget matches compute across runs whose updates cost
+    differently). Returns the training FLOPs used, counting `used_flops` before this start."""
+    c = self.config
+    finished = lambda: self.step >= steps or 0 < flops_budget <= used_flops
+    # Progress in updates, or in TFLOPs under a budget (then the number of updates is unknown).
+    done = (lambda: used_flops / 1e12) if flops_budget else (lambda: self.step)
+    with (PreemptionWatch() as preemption,
+          tqdm(total=flops_budget / 1e12 if flops_budget else steps, initial=done(), desc=name,
+               unit="TFLOP" if flops_budget else "step",
+               bar_format=("{l_bar}{bar}| {n:.1f}/{total:.1f} TFLOP [{elapsed}<{remaining}"
+                           "{postfix}]" if flops_budget else None)) as bar):
+      while not finished():
+        step = self.step
+        batch = [sharding.host_batch(self.mesh, c.sharding_rules, x, rows)
+                 for x in hooks.batch(self.position)]
+        started = time.perf_counter()
+        self.state, metrics = self.train_step(self.state, self.target_params, *batch)
+        metrics = jax.device_get(metrics)
+        seconds = time.perf_counter() - started
+        self.position += rows
+        loss = float(metrics["loss"])
+        if not np.isfinite(loss):
+          raise UserError(f"loss became {loss} at step {step}; the last good checkpoint is kept "
+                          "(lower train.learning_rate)")
+        step_flops = hooks.flops(metrics)
+        flops_before, used_flops = used_flops, used_flops + sum(step_flops.values())
+        if (step + 1) % c.log_every == 0:
+          self.writer.write(step + 1, {**hooks.record(metrics), "seconds_per_step": seconds,
+                                       "train_flops": used_flops,
+                                       **{f"flops_{k}": v for k, v in step_flops.items()}})
+        bar.set_postfix(hooks.postfix(metrics))
+        bar.update(min(done(), bar.total) - bar.n)  # the last update may overshoot the budget
+        if not finished() and (trainer.crossed(flops_before, used_flops, c.eval_every_flops)
+                               if c.eval_every_flops else self.step % c.eval_every == 0):
+          hooks.evaluate(self.step, used_flops)
+        if self.step % c.checkpoint_every == 0 or finished():
+          self.checkpointer.save(self.state, self.position)
+        if preemption.requested:
+          self.checkpointer.save(self.state, self.position)
+          raise Preempted(f"stopped by SIGTERM after step {self.step}; checkpoint saved in "
+                          f"{self.out / 'checkpoints'}: run the same command again to resume")
+    return used_flops
+
+  def close(self) -> None:
+    self.writer.close()
+    self.checkpointer.close()
