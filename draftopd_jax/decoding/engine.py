@@ -116,7 +116,7 @@ def prefill(target_cfg: ModelConfig, target_params: Params, drafter, drafter_par
   positions_BxP = jnp.broadcast_to(jnp.arange(p), (b, p))
   out = forward(target_cfg, target_params, prompt_BxP, positions_BxP,
                 KVCache.create(target_cfg, b, max_len), drafter.layer_ids,
-                logits_at_BxL=(prompt_lens_B - 1)[:, None])
+                logits_at_BxM=(prompt_lens_B - 1)[:, None])
   last_logits_BxV = out.logits_BxTxV[:, 0]
   rng, key = jax.random.split(rng)
   first_B = sample(last_logits_BxV, key, sampling)

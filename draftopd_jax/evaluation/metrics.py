@@ -1,4 +1,4 @@
-"""Acceptance metrics from decoding traces (conventions: DESIGN §2).
+"""Acceptance metrics from decoding traces (conventions: README, "Conventions").
 
 A verify step's acceptance length is accepted + 1 (the target's own token counts). tau is the
 mean over responses of each response's mean (macro); the token-weighted variant pools all steps.

@@ -96,11 +96,11 @@ class DFlashLayer(nnx.Module):
     """RoPE'd keys and values of `x` (context features or normed block states)."""
     cfg = self.cfg
     b, t, _ = x_BxTxD.shape
-    k_BxTxKxH = self.k_norm(self.k(x_BxTxD).reshape(b, t, cfg.num_kv_heads, cfg.head_dim))
-    v_BxTxKxH = self.v(x_BxTxD).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
-    return apply_rope(k_BxTxKxH, positions_BxT, *rope), v_BxTxKxH
+    k_BxTxHkvxH = self.k_norm(self.k(x_BxTxD).reshape(b, t, cfg.num_kv_heads, cfg.head_dim))
+    v_BxTxHkvxH = self.v(x_BxTxD).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    return apply_rope(k_BxTxHkvxH, positions_BxT, *rope), v_BxTxHkvxH
 
-  def __call__(self, x_BxNxKxD, anchor_pos_BxN, ctx_k_BxSxKxH, ctx_v_BxSxKxH, rope):
+  def __call__(self, x_BxNxKxD, anchor_pos_BxN, ctx_k_BxSxHkvxH, ctx_v_BxSxHkvxH, rope):
     cfg = self.cfg
     b, n, k, d = x_BxNxKxD.shape
     groups = cfg.num_heads // cfg.num_kv_heads
@@ -114,16 +114,16 @@ class DFlashLayer(nnx.Module):
     blk_v = blk_v.reshape(b, n, k, cfg.num_kv_heads, cfg.head_dim)
 
     scale = cfg.head_dim**-0.5
-    ctx_scores = jnp.einsum("bnqcgh,bsch->bncgqs", q, ctx_k_BxSxKxH,
+    ctx_scores = jnp.einsum("bnqcgh,bsch->bncgqs", q, ctx_k_BxSxHkvxH,
                             preferred_element_type=jnp.float32) * scale
-    before_anchor_BxNxS = jnp.arange(ctx_k_BxSxKxH.shape[1]) < anchor_pos_BxN[:, :, None]
+    before_anchor_BxNxS = jnp.arange(ctx_k_BxSxHkvxH.shape[1]) < anchor_pos_BxN[:, :, None]
     ctx_scores = jnp.where(before_anchor_BxNxS[:, :, None, None, None], ctx_scores, -jnp.inf)
     blk_scores = jnp.einsum("bnqcgh,bnkch->bncgqk", q, blk_k,
                             preferred_element_type=jnp.float32) * scale
     probs = jax.nn.softmax(jnp.concatenate([ctx_scores, blk_scores], axis=-1), axis=-1)
-    s = ctx_k_BxSxKxH.shape[1]
-    probs = probs.astype(ctx_v_BxSxKxH.dtype)
-    out = (jnp.einsum("bncgqs,bsch->bnqcgh", probs[..., :s], ctx_v_BxSxKxH)
+    s = ctx_k_BxSxHkvxH.shape[1]
+    probs = probs.astype(ctx_v_BxSxHkvxH.dtype)
+    out = (jnp.einsum("bncgqs,bsch->bnqcgh", probs[..., :s], ctx_v_BxSxHkvxH)
            + jnp.einsum("bncgqk,bnkch->bnqcgh", probs[..., s:], blk_v))
     x_BxNxKxD = x_BxNxKxD + self.o(out.reshape(b, n, k, cfg.num_heads * cfg.head_dim))
     return x_BxNxKxD + self.mlp(self.mlp_norm(x_BxNxKxD))
@@ -155,7 +155,7 @@ class DFlash(nnx.Module):
     return jax.vmap(lambda s: nnx.merge(graph, s).keys_values(context_BxTxD, positions_BxT, rope)
                     )(state)
 
-  def __call__(self, x_BxNxKxD, anchor_pos_BxN, ctx_k_LxBxSxKxH, ctx_v_LxBxSxKxH):
+  def __call__(self, x_BxNxKxD, anchor_pos_BxN, ctx_k_LxBxSxHkvxH, ctx_v_LxBxSxHkvxH):
     rope = inverse_frequencies(self.cfg.layer)
     graph, state = nnx.split(self.layers)
 
@@ -163,7 +163,7 @@ class DFlash(nnx.Module):
       layer_state, ctx_k, ctx_v = per_layer
       return nnx.merge(graph, layer_state)(x, anchor_pos_BxN, ctx_k, ctx_v, rope), None
 
-    x_BxNxKxD, _ = jax.lax.scan(one_layer, x_BxNxKxD, (state, ctx_k_LxBxSxKxH, ctx_v_LxBxSxKxH))
+    x_BxNxKxD, _ = jax.lax.scan(one_layer, x_BxNxKxD, (state, ctx_k_LxBxSxHkvxH, ctx_v_LxBxSxHkvxH))
     return x_BxNxKxD
 
 
@@ -171,8 +171,8 @@ class DFlash(nnx.Module):
 class ContextCache:
   """The drafter's per-layer context keys/values; slot p holds target position p."""
 
-  k_LxBxSxKxH: jax.Array
-  v_LxBxSxKxH: jax.Array
+  k_LxBxSxHkvxH: jax.Array
+  v_LxBxSxHkvxH: jax.Array
 
   @classmethod
   def create(cls, cfg: DFlashConfig, batch: int, max_len: int) -> "ContextCache":
@@ -195,9 +195,9 @@ def write_context(cfg: DFlashConfig, params: dict, cache: ContextCache,
   """Adds target features at `positions_BxT` to the context (slots past the cache are dropped)."""
   k_new, v_new = nnx.merge(_graph(cfg), params).context_kv(features_BxTxFxD, positions_BxT)
   batch_Bx1 = jnp.arange(positions_BxT.shape[0])[:, None]
-  write = lambda cache_LxBxSxKxH, new_LxBxTxKxH: cache_LxBxSxKxH.at[:, batch_Bx1, positions_BxT].set(
-      new_LxBxTxKxH, mode="drop")
-  return ContextCache(write(cache.k_LxBxSxKxH, k_new), write(cache.v_LxBxSxKxH, v_new))
+  write = lambda cache_LxBxSxHkvxH, new_LxBxTxHkvxH: cache_LxBxSxHkvxH.at[:, batch_Bx1, positions_BxT].set(
+      new_LxBxTxHkvxH, mode="drop")
+  return ContextCache(write(cache.k_LxBxSxHkvxH, k_new), write(cache.v_LxBxSxHkvxH, v_new))
 
 
 def block_logits(cfg: DFlashConfig, params: dict, target_cfg: ModelConfig, target_params: dict,
@@ -214,7 +214,7 @@ def block_logits(cfg: DFlashConfig, params: dict, target_cfg: ModelConfig, targe
   target = transformer.bind(target_cfg, target_params)
   x_BxNxKxD = target.embed(tokens_BxNxK)
   drafter = nnx.merge(_graph(cfg), params)
-  x_BxNxKxD = drafter(x_BxNxKxD, anchor_pos_BxN, cache.k_LxBxSxKxH, cache.v_LxBxSxKxH)
+  x_BxNxKxD = drafter(x_BxNxKxD, anchor_pos_BxN, cache.k_LxBxSxHkvxH, cache.v_LxBxSxHkvxH)
   if cfg.own_final_norm:
     return target.lm_head_logits(drafter.final_norm(x_BxNxKxD))
   return target.logits(x_BxNxKxD)

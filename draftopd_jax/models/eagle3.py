@@ -89,8 +89,8 @@ class Eagle3(nnx.Module):
 
 @flax.struct.dataclass
 class Eagle3Cache:
-  k_BxKxSxH: jax.Array
-  v_BxKxSxH: jax.Array
+  k_BxHkvxSxH: jax.Array
+  v_BxHkvxSxH: jax.Array
 
   @classmethod
   def create(cls, cfg: Eagle3Config, batch: int, max_len: int) -> "Eagle3Cache":
@@ -134,8 +134,8 @@ def step(cfg: Eagle3Config, params: dict, target_cfg: ModelConfig, target_params
          cache: Eagle3Cache) -> tuple[jax.Array, jax.Array, Eagle3Cache]:
   """One drafter pass: (hidden_BxTxD, draft logits_BxTxVd, cache). `tokens` are the t+1 tokens."""
   embedded = transformer.bind(target_cfg, target_params).embed(tokens_BxT)
-  hidden, logits, k, v = bind(cfg, params)(embedded, feature_BxTxD, positions_BxT, cache.k_BxKxSxH,
-                                           cache.v_BxKxSxH)
+  hidden, logits, k, v = bind(cfg, params)(embedded, feature_BxTxD, positions_BxT, cache.k_BxHkvxSxH,
+                                           cache.v_BxHkvxSxH)
   return hidden, logits, Eagle3Cache(k, v)
 
 
@@ -150,7 +150,7 @@ def ttt_positions(length: int, step: int) -> dict[str, jax.Array]:
 
 def ttt_logits(cfg: Eagle3Config, params: dict, target_cfg: ModelConfig, target_params: dict,
                tokens_BxT: jax.Array, features_BxTxFxD: jax.Array, steps: int,
-               input_tokens_SxBxT: jax.Array | None = None) -> jax.Array:
+               input_tokens_UxBxT: jax.Array | None = None) -> jax.Array:
   """Training-time test: draft-vocabulary logits [S, B, T, Vd] of `steps` unrolled draft steps.
 
   Step s at index t is the drafter drafting s steps past t: its input feature is the target's
@@ -159,7 +159,7 @@ def ttt_logits(cfg: Eagle3Config, params: dict, target_cfg: ModelConfig, target_
   step-0 keys at positions <= t and to its own earlier steps' keys at index t -- exactly the
   context the inference chain has when it drafts from an anchor at t+1.
 
-  `input_tokens_SxBxT` replaces the input tokens of each step (default: the sequence's own, as
+  `input_tokens_UxBxT` replaces the input tokens of each step (default: the sequence's own, as
   in SFT); Draft-OPD's replay feeds the drafter's own proposals there.
   """
   model = bind(cfg, params)
@@ -175,7 +175,7 @@ def ttt_logits(cfg: Eagle3Config, params: dict, target_cfg: ModelConfig, target_
   for s in range(steps):
     where = ttt_positions(t, s)
     token_BxT = (jnp.take_along_axis(tokens_BxT, where["input_token"][None], 1)
-                 if input_tokens_SxBxT is None else input_tokens_SxBxT[s])
+                 if input_tokens_UxBxT is None else input_tokens_UxBxT[s])
     x = jnp.concatenate([model.embed_norm(embed(token_BxT)), model.feature_norm(feature_BxTxD)],
                         axis=-1)
     positions_BxT = jnp.broadcast_to(where["position"], (b, t))

@@ -51,41 +51,41 @@ class Attention(nnx.Module):
       self.k_norm = RMSNorm(h, cfg.rms_norm_eps, cfg.jnp_dtype)
     self.cfg = cfg
 
-  def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, k_cache_BxKxSxH: jax.Array,
-               v_cache_BxKxSxH: jax.Array, rope: tuple) -> tuple[jax.Array, jax.Array, jax.Array]:
+  def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, k_cache_BxHkvxSxH: jax.Array,
+               v_cache_BxHkvxSxH: jax.Array, rope: tuple) -> tuple[jax.Array, jax.Array, jax.Array]:
     cfg = self.cfg
     b, t, _ = x_BxTxD.shape
     kv, h = cfg.num_kv_heads, cfg.head_dim
     groups = cfg.num_heads // kv
-    q_BxTxNxH = self.q(x_BxTxD).reshape(b, t, cfg.num_heads, h)
-    k_BxTxKxH = self.k(x_BxTxD).reshape(b, t, kv, h)
-    v_BxTxKxH = self.v(x_BxTxD).reshape(b, t, kv, h)
+    q_BxTxHqxH = self.q(x_BxTxD).reshape(b, t, cfg.num_heads, h)
+    k_BxTxHkvxH = self.k(x_BxTxD).reshape(b, t, kv, h)
+    v_BxTxHkvxH = self.v(x_BxTxD).reshape(b, t, kv, h)
     if cfg.qk_norm:
-      q_BxTxNxH, k_BxTxKxH = self.q_norm(q_BxTxNxH), self.k_norm(k_BxTxKxH)
-    q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, *rope)
-    k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, *rope)
+      q_BxTxHqxH, k_BxTxHkvxH = self.q_norm(q_BxTxHqxH), self.k_norm(k_BxTxHkvxH)
+    q_BxTxHqxH = apply_rope(q_BxTxHqxH, positions_BxT, *rope)
+    k_BxTxHkvxH = apply_rope(k_BxTxHkvxH, positions_BxT, *rope)
 
     # Positions past the cache end (finished sequences running on) are dropped, not wrapped.
     slot_index = (jnp.arange(b)[:, None, None], jnp.arange(kv)[None, :, None],
                   positions_BxT[:, None, :])
-    k_cache_BxKxSxH = k_cache_BxKxSxH.at[slot_index].set(jnp.swapaxes(k_BxTxKxH, 1, 2),
+    k_cache_BxHkvxSxH = k_cache_BxHkvxSxH.at[slot_index].set(jnp.swapaxes(k_BxTxHkvxH, 1, 2),
                                                           mode="drop")
-    v_cache_BxKxSxH = v_cache_BxKxSxH.at[slot_index].set(jnp.swapaxes(v_BxTxKxH, 1, 2),
+    v_cache_BxHkvxSxH = v_cache_BxHkvxSxH.at[slot_index].set(jnp.swapaxes(v_BxTxHkvxH, 1, 2),
                                                           mode="drop")
 
     # Query rows q = t * G + g: token t, grouped head g of its KV head.
-    q_BxKxQxH = q_BxTxNxH.reshape(b, t, kv, groups, h).transpose(0, 2, 1, 3, 4).reshape(
+    q_BxHkvxRxH = q_BxTxHqxH.reshape(b, t, kv, groups, h).transpose(0, 2, 1, 3, 4).reshape(
         b, kv, t * groups, h)
-    scores_BxKxQxS = jnp.einsum("bkqh,bksh->bkqs", q_BxKxQxH, k_cache_BxKxSxH,
+    scores_BxHkvxRxS = jnp.einsum("bkqh,bksh->bkqs", q_BxHkvxRxH, k_cache_BxHkvxSxH,
                                 preferred_element_type=jnp.float32) * h**-0.5
-    slots_S = jnp.arange(k_cache_BxKxSxH.shape[2])
-    visible_BxQxS = jnp.repeat(slots_S[None, None, :] <= positions_BxT[:, :, None], groups, axis=1)
-    scores_BxKxQxS = jnp.where(visible_BxQxS[:, None], scores_BxKxQxS, -jnp.inf)
-    probs_BxKxQxS = jax.nn.softmax(scores_BxKxQxS, axis=-1).astype(v_cache_BxKxSxH.dtype)
-    out_BxKxQxH = jnp.einsum("bkqs,bksh->bkqh", probs_BxKxQxS, v_cache_BxKxSxH)
-    out_BxTxNH = out_BxKxQxH.reshape(b, kv, t, groups, h).transpose(0, 2, 1, 3, 4).reshape(
+    slots_S = jnp.arange(k_cache_BxHkvxSxH.shape[2])
+    visible_BxRxS = jnp.repeat(slots_S[None, None, :] <= positions_BxT[:, :, None], groups, axis=1)
+    scores_BxHkvxRxS = jnp.where(visible_BxRxS[:, None], scores_BxHkvxRxS, -jnp.inf)
+    probs_BxHkvxRxS = jax.nn.softmax(scores_BxHkvxRxS, axis=-1).astype(v_cache_BxHkvxSxH.dtype)
+    out_BxHkvxRxH = jnp.einsum("bkqs,bksh->bkqh", probs_BxHkvxRxS, v_cache_BxHkvxSxH)
+    out_BxTxE = out_BxHkvxRxH.reshape(b, kv, t, groups, h).transpose(0, 2, 1, 3, 4).reshape(
         b, t, cfg.num_heads * h)
-    return self.o(out_BxTxNH), k_cache_BxKxSxH, v_cache_BxKxSxH
+    return self.o(out_BxTxE), k_cache_BxHkvxSxH, v_cache_BxHkvxSxH
 
 
 class SwiGLU(nnx.Module):

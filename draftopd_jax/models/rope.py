@@ -73,13 +73,13 @@ def _yarn(cfg: ModelConfig, scaling: dict) -> tuple[np.ndarray, float]:
   return inv, float(attention_scale)
 
 
-def apply_rope(x_BxTxNxH: jnp.ndarray, positions_BxT: jnp.ndarray, inv_freq_H2: np.ndarray,
+def apply_rope(x_BxTxHqxH: jnp.ndarray, positions_BxT: jnp.ndarray, inv_freq_H2: np.ndarray,
                attention_scale: float) -> jnp.ndarray:
   """Rotates each head by its position; the first and second halves of H form the pairs."""
   angles_BxTxH2 = positions_BxT[..., None].astype(jnp.float32) * inv_freq_H2
   angles_BxTx1xH = jnp.concatenate([angles_BxTxH2, angles_BxTxH2], axis=-1)[:, :, None, :]
   cos, sin = jnp.cos(angles_BxTx1xH) * attention_scale, jnp.sin(angles_BxTx1xH) * attention_scale
-  x = x_BxTxNxH.astype(jnp.float32)
+  x = x_BxTxHqxH.astype(jnp.float32)
   half = x.shape[-1] // 2
   rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-  return (x * cos + rotated * sin).astype(x_BxTxNxH.dtype)
+  return (x * cos + rotated * sin).astype(x_BxTxHqxH.dtype)

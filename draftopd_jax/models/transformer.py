@@ -30,8 +30,8 @@ class KVCache:
   place: slicing a layer out of a stacked cache inside the loop copies it on every step.
   """
 
-  k_BxKxSxH: tuple[jax.Array, ...]
-  v_BxKxSxH: tuple[jax.Array, ...]
+  k_BxHkvxSxH: tuple[jax.Array, ...]
+  v_BxHkvxSxH: tuple[jax.Array, ...]
 
   @classmethod
   def create(cls, cfg: ModelConfig, batch: int, max_len: int) -> "KVCache":
@@ -41,7 +41,7 @@ class KVCache:
 
   @property
   def max_len(self) -> int:
-    return self.k_BxKxSxH[0].shape[2]
+    return self.k_BxHkvxSxH[0].shape[2]
 
 
 @flax.struct.dataclass
@@ -72,7 +72,7 @@ class Transformer(nnx.Module):
 
   def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache: KVCache,
                layer_ids: tuple[int, ...] = (), layer_params: tuple | None = None,
-               logits_at_BxL: jax.Array | None = None) -> ForwardOutput:
+               logits_at_BxM: jax.Array | None = None) -> ForwardOutput:
     cfg = self.cfg
     x_BxTxD = self.embed(tokens_BxT)
     rope = inverse_frequencies(cfg)
@@ -83,8 +83,8 @@ class Transformer(nnx.Module):
     else:
       x_BxTxD, cache, hidden_BxTxFxD = self._unrolled_layers(layer_graph, layer_params, x_BxTxD,
                                                              positions_BxT, cache, layer_ids, rope)
-    if logits_at_BxL is not None:
-      x_BxTxD = jnp.take_along_axis(x_BxTxD, logits_at_BxL[:, :, None], axis=1)
+    if logits_at_BxM is not None:
+      x_BxTxD = jnp.take_along_axis(x_BxTxD, logits_at_BxM[:, :, None], axis=1)
     return ForwardOutput(logits_BxTxV=self.logits(x_BxTxD), cache=cache,
                          hidden_BxTxFxD=hidden_BxTxFxD)
 
@@ -106,11 +106,11 @@ class Transformer(nnx.Module):
       hidden_FxBxTxD = jax.lax.dynamic_update_index_in_dim(hidden_FxBxTxD, x_BxTxD, slot, 0)
       return (x_BxTxD, hidden_FxBxTxD), (k_cache, v_cache)
 
-    (x_BxTxD, hidden_FxBxTxD), (k_LxBxKxSxH, v_LxBxKxSxH) = jax.lax.scan(
+    (x_BxTxD, hidden_FxBxTxD), (k_LxBxHkvxSxH, v_LxBxHkvxSxH) = jax.lax.scan(
         layer, (x_BxTxD, hidden_FxBxTxD),
-        (stacked_state, jnp.stack(cache.k_BxKxSxH), jnp.stack(cache.v_BxKxSxH),
+        (stacked_state, jnp.stack(cache.k_BxHkvxSxH), jnp.stack(cache.v_BxHkvxSxH),
          jnp.asarray(slot_of_layer, jnp.int32)))
-    cache = KVCache(tuple(k_LxBxKxSxH), tuple(v_LxBxKxSxH))
+    cache = KVCache(tuple(k_LxBxHkvxSxH), tuple(v_LxBxHkvxSxH))
     hidden_FxBxTxD = hidden_FxBxTxD[jnp.asarray([kept.index(i) for i in layer_ids], jnp.int32)]
     return x_BxTxD, cache, jnp.moveaxis(hidden_FxBxTxD, 0, 2)
 
@@ -121,7 +121,7 @@ class Transformer(nnx.Module):
     keys, values, hidden = [], [], {}
     for i in range(self.cfg.num_layers):
       x_BxTxD, k_cache, v_cache = nnx.merge(layer_graph, layer_params[i])(
-          x_BxTxD, positions_BxT, cache.k_BxKxSxH[i], cache.v_BxKxSxH[i], rope)
+          x_BxTxD, positions_BxT, cache.k_BxHkvxSxH[i], cache.v_BxHkvxSxH[i], rope)
       keys.append(k_cache)
       values.append(v_cache)
       hidden[i] = x_BxTxD
@@ -167,7 +167,7 @@ def split_layers(stacked_layers, num_layers: int) -> tuple:
 
 def forward(cfg: ModelConfig, params: Params, tokens_BxT: jax.Array, positions_BxT: jax.Array,
             cache: KVCache, layer_ids: tuple[int, ...] = (), layer_params: tuple | None = None,
-            logits_at_BxL: jax.Array | None = None) -> ForwardOutput:
+            logits_at_BxM: jax.Array | None = None) -> ForwardOutput:
   """Runs the decoder on `tokens_BxT` at `positions_BxT`, writing their K/V into `cache`.
 
   Prefill, one-token decoding and K-token verification are the same call with T = prompt length,
@@ -175,14 +175,14 @@ def forward(cfg: ModelConfig, params: Params, tokens_BxT: jax.Array, positions_B
   `layer_params` the layers run in a scan. A loop that calls this many times passes
   `layer_params = split_layers(params["layers"], L)`, made once outside the loop: the layers then
   run unrolled, and the per-layer weights and caches are not sliced out again on every call. With
-  `logits_at_BxL` (token indices) only those rows get logits (`logits_BxTxV` is then [B, L, V]):
+  `logits_at_BxM` (token indices) only those rows get logits (`logits_BxTxV` is then [B, M, V]):
   a prefill needs the last prompt token's alone, and the LM head is a fifth of a small model.
   """
   for i in layer_ids:
     if not 0 <= i < cfg.num_layers:
       raise ValueError(f"layer id {i} out of range for a {cfg.num_layers}-layer model")
   return bind(cfg, params)(tokens_BxT, positions_BxT, cache, tuple(layer_ids), layer_params,
-                          logits_at_BxL)
+                          logits_at_BxM)
 
 
 def forward_sequences(cfg: ModelConfig, params: Params, tokens_BxT: jax.Array,

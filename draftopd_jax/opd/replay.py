@@ -104,10 +104,10 @@ def eagle3_logprobs(cfg: eagle3.Eagle3Config, drafter_params: dict, target_cfg: 
       tokens_for_step_BxS = tokens_for_step_BxS.at[rows_Bx1, target_BxN].set(
           plan.proposals_BxNxK1[:, :, step - 1], mode="drop")
     inputs.append(tokens_for_step_BxS)
-  logits_SxBxSxVd = eagle3.ttt_logits(cfg, drafter_params["model"], target_cfg, target_params,
+  logits_UxBxSxVd = eagle3.ttt_logits(cfg, drafter_params["model"], target_cfg, target_params,
                                       tokens_BxS, features_BxSxFxD, k1, jnp.stack(inputs))
-  at_anchor_SxBxNxVd = jnp.take_along_axis(logits_SxBxSxVd, index_BxN[None, ..., None], axis=2)
-  return jax.nn.log_softmax(at_anchor_SxBxNxVd.transpose(1, 2, 0, 3), axis=-1)
+  at_anchor_UxBxNxVd = jnp.take_along_axis(logits_UxBxSxVd, index_BxN[None, ..., None], axis=2)
+  return jax.nn.log_softmax(at_anchor_UxBxNxVd.transpose(1, 2, 0, 3), axis=-1)
 
 
 def _restricted(logprobs_xV: jax.Array, d2t_Vd: jax.Array) -> jax.Array:

@@ -53,16 +53,16 @@ def loss_fn(drafter_params: dict, cfg: dflash.DFlashConfig, target_cfg: ModelCon
   k = cfg.block_size
   positions_BxT = jnp.broadcast_to(jnp.arange(t), (b, t))
   # rows [B, L, ...] of a [B, T, ...] array at positions [B, L]
-  at = lambda x_BxTx_, pos_BxL: jnp.take_along_axis(x_BxTx_, pos_BxL[..., None], axis=1)
+  at = lambda x_BxTx_, pos_BxM: jnp.take_along_axis(x_BxTx_, pos_BxM[..., None], axis=1)
   if features_BxTxFxD is None:
     target = forward_sequences(target_cfg, target_params, tokens_BxT, cfg.target_layer_ids)
     features_BxTxFxD = target.hidden_BxTxFxD
-    teacher_logits_at = lambda pos_BxL: at(target.logits_BxTxV, pos_BxL)
+    teacher_logits_at = lambda pos_BxM: at(target.logits_BxTxV, pos_BxM)
   elif distill:
     last_BxTxD = features_BxTxFxD[:, :, -1].astype(target_cfg.jnp_dtype)
     features_BxTxFxD = features_BxTxFxD[:, :, :-1]
-    teacher_logits_at = lambda pos_BxL: transformer.bind(target_cfg, target_params).logits(
-        at(last_BxTxD, pos_BxL))
+    teacher_logits_at = lambda pos_BxM: transformer.bind(target_cfg, target_params).logits(
+        at(last_BxTxD, pos_BxM))
   features_BxTxFxD = jax.lax.stop_gradient(features_BxTxFxD.astype(cfg.layer.jnp_dtype))
   cache = dflash.write_context(cfg, drafter_params, dflash.ContextCache.create(cfg, b, t),
                                features_BxTxFxD, positions_BxT)

@@ -25,7 +25,7 @@ def loss_fn(drafter_params: dict, cfg: eagle3.Eagle3Config, target_cfg: ModelCon
   teacher_all_BxTxVd = jax.nn.softmax(target_logits_BxTxV[..., d2t_Vd], axis=-1)
   in_draft_vocab_BxT = (eagle3.draft_ids(d2t_Vd, target_cfg.vocab_size) >= 0)[
       jnp.argmax(target_logits_BxTxV, -1)]
-  logits_SxBxTxVd = eagle3.ttt_logits(cfg, drafter_params["model"], target_cfg, target_params,
+  logits_UxBxTxVd = eagle3.ttt_logits(cfg, drafter_params["model"], target_cfg, target_params,
                                       tokens_BxT, features, steps)
   total, weight_sum, step_losses = 0.0, 0.0, []
   for s in range(steps):
@@ -34,7 +34,7 @@ def loss_fn(drafter_params: dict, cfg: eagle3.Eagle3Config, target_cfg: ModelCon
     label_T = where["label"]
     valid_BxT = ((label_T < t)[None] & loss_mask_BxT[:, jnp.minimum(label_T, t - 1)]
                  & in_draft_vocab_BxT[:, where["teacher"]])
-    ce_BxT = -jnp.sum(teacher_BxTxVd * jax.nn.log_softmax(logits_SxBxTxVd[s], -1), -1)
+    ce_BxT = -jnp.sum(teacher_BxTxVd * jax.nn.log_softmax(logits_UxBxTxVd[s], -1), -1)
     loss_s = jnp.sum(ce_BxT * valid_BxT) / jnp.maximum(jnp.sum(valid_BxT), 1)
     step_losses.append(loss_s)
     total += decay**s * loss_s
