@@ -24,7 +24,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from draftopd_jax.data import prompts
-from draftopd_jax.data.batching import encode_prompts
+from draftopd_jax.data.prompts import encode_prompts
 from draftopd_jax.decoding import engine
 from draftopd_jax.io import load_model
 from draftopd_jax.io.drafter_checkpoint import load_drafter

@@ -14,7 +14,7 @@ import json
 import torch
 from side_by_side import chat_prompts, interleaved_medians, load_both
 
-from draftopd_jax.data.batching import pad_batch
+from draftopd_jax.decoding.padding import pad_batch
 from draftopd_jax.decoding import generate
 
 

@@ -26,7 +26,8 @@ import jax
 import numpy as np
 
 from draftopd_jax.data import prompts
-from draftopd_jax.data.batching import encode_prompts, pad_batch
+from draftopd_jax.data.prompts import encode_prompts
+from draftopd_jax.decoding.padding import pad_batch
 from draftopd_jax.io import load_model
 from draftopd_jax.io.drafter_checkpoint import load_drafter
 from draftopd_jax.models import dflash

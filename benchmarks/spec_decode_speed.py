@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from draftopd_jax.data.batching import encode_prompts
+from draftopd_jax.data.prompts import encode_prompts
 from draftopd_jax.decoding import engine
 from draftopd_jax.io import load_model
 from draftopd_jax.io.drafter_checkpoint import load_drafter

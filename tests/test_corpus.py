@@ -83,7 +83,7 @@ def test_a_damaged_shard_is_refused(tmp_path):
 @pytest.mark.slow
 def test_regeneration_fills_shards_and_resumes(smollm, tmp_path):
   from draftopd_jax.data import regeneration
-  from draftopd_jax.data.batching import pad_batch
+  from draftopd_jax.decoding.padding import pad_batch
   from draftopd_jax.decoding import generate
 
   config = runpy.run_path(str(ROOT / "configs" / "corpus.py"))["get_config"]("quick")

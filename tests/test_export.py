@@ -13,6 +13,7 @@ from safetensors.numpy import load_file, save_file
 
 from draftopd_jax.errors import UserError
 from draftopd_jax.io import export
+from draftopd_jax.io.import_drafter import import_drafter
 from draftopd_jax.io.drafter_checkpoint import save_drafter
 from draftopd_jax.models import ModelConfig, dflash, eagle3, init_params
 from draftopd_jax.models.drafters import DFlashDrafter, Eagle3Drafter
@@ -111,7 +112,7 @@ def test_export_matches_the_written_spec_and_round_trips(tmp_path, fmt, make, se
     assert method["speculative_tokens"] == cfg.block_size - 1
     assert config["speculators_config"]["verifier"]["name_or_path"] == "org/target"
 
-  back, back_params = export.import_drafter(out, TARGET_CFG, TARGET)
+  back, back_params = import_drafter(out, TARGET_CFG, TARGET)
   assert back == drafter
   np.testing.assert_array_equal(export.drafter_logits(back, back_params, TARGET_CFG, TARGET),
                                 export.drafter_logits(drafter, params, TARGET_CFG, TARGET))
@@ -126,12 +127,12 @@ def test_wrong_format_and_foreign_checkpoints_are_refused(tmp_path):
   out = export.export_drafter(tmp_path / "d", "dflash", drafter, params, TARGET_CFG, TARGET, "t")
   other_target = TARGET_CFG.replace(hidden_size=64, head_dim=16)
   with pytest.raises(UserError, match="hidden size 32"):
-    export.import_drafter(out, other_target, init_params(other_target))
+    import_drafter(out, other_target, init_params(other_target))
   tensors = load_file(str(out / "model.safetensors"))
   del tensors["fc.weight"]
   save_file(tensors, str(out / "model.safetensors"))
   with pytest.raises(UserError, match="lacks tensor 'fc.weight'"):
-    export.import_drafter(out, TARGET_CFG, TARGET)
+    import_drafter(out, TARGET_CFG, TARGET)
 
 
 @pytest.mark.slow

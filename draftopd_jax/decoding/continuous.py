@@ -14,22 +14,12 @@ import jax
 import numpy as np
 
 from draftopd_jax.decoding import engine
+from draftopd_jax.decoding.padding import pad_batch
 from draftopd_jax.models import ModelConfig, Params
 from draftopd_jax.models.drafters import Autoregressive
 from draftopd_jax.sampling import SamplingConfig
 
 WIDTH_BUCKET = 64  # prompt widths are padded up to a multiple of this: few prefill shapes
-
-
-def _padded(rows: list[list[int]], num_rows: int, width: int, pad_id: int
-            ) -> tuple[np.ndarray, np.ndarray]:
-  """Right-padded (tokens, mask) of `num_rows` rows; rows past `rows` are one-token fillers."""
-  tokens = np.full((num_rows, width), pad_id, np.int32)
-  mask = np.zeros((num_rows, width), bool)
-  mask[:, 0] = True  # fillers: a one-token prompt, never written into the batch
-  for i, row in enumerate(rows):
-    tokens[i, :len(row)], mask[i, :len(row)] = row, True
-  return tokens, mask
 
 
 def generate_all(target_cfg: ModelConfig, target_params: Params, prompts: list[list[int]], *,
@@ -43,7 +33,8 @@ def generate_all(target_cfg: ModelConfig, target_params: Params, prompts: list[l
     return [], 0
   bucket = lambda n: -(-n // WIDTH_BUCKET) * WIDTH_BUCKET
   drafter = Autoregressive()
-  cache_len = bucket(max(len(p) for p in prompts)) + max_new_tokens + drafter.block_size
+  cache_len = engine.buffer_length(bucket(max(len(p) for p in prompts)), max_new_tokens,
+                                   drafter.block_size)
   statics = dict(max_new_tokens=max_new_tokens, sampling=sampling, eos_ids=tuple(eos_ids))
   target_layers = engine.layer_params(target_cfg, target_params)
   batch_size = min(batch_size, len(prompts))
@@ -51,7 +42,8 @@ def generate_all(target_cfg: ModelConfig, target_params: Params, prompts: list[l
 
   def prefill(indices: list[int], num_rows: int) -> engine.DecodeState:
     rows = [prompts[i] for i in indices]
-    tokens, mask = _padded(rows, num_rows, bucket(max(len(r) for r in rows)), pad_id)
+    tokens, mask = pad_batch(rows, pad_id, width=bucket(max(len(r) for r in rows)),
+                             num_rows=num_rows)
     return engine.prefill(target_cfg, target_params, drafter, None, tokens, mask,
                           jax.random.key(seed + indices[0]), cache_len=cache_len, **statics)
 

@@ -93,6 +93,12 @@ def _is_eos(tokens: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:
 _STATICS = ("target_cfg", "drafter", "max_new_tokens", "sampling", "eos_ids", "verify_impl")
 
 
+def buffer_length(prompt_width: int, max_new_tokens: int, block_size: int) -> int:
+  """Token slots of a decoding buffer: the prompt, the new tokens, and room for the last verify
+  block to overshoot."""
+  return prompt_width + max_new_tokens + block_size
+
+
 @functools.partial(jax.jit, static_argnames=_STATICS[:5] + ("record_verify_logprobs",
                                                             "record_teacher", "cache_len"))
 def prefill(target_cfg: ModelConfig, target_params: Params, drafter, drafter_params,
@@ -109,8 +115,8 @@ def prefill(target_cfg: ModelConfig, target_params: Params, drafter, drafter_par
   k = drafter.block_size
   prompt_BxP, prompt_lens_B = left_align(prompt_BxP, prompt_mask_BxP)
   # Room for a whole block past the last token: verify writes K slots from the anchor.
-  max_len = cache_len or p + max_new_tokens + k
-  if max_len < p + max_new_tokens + k:
+  max_len = cache_len or buffer_length(p, max_new_tokens, k)
+  if max_len < buffer_length(p, max_new_tokens, k):
     raise ValueError(f"cache_len {cache_len} < prompt width {p} + max_new_tokens "
                      f"{max_new_tokens} + block size {k}")
   positions_BxP = jnp.broadcast_to(jnp.arange(p), (b, p))

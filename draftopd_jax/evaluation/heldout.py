@@ -3,7 +3,8 @@
 import numpy as np
 
 from draftopd_jax.data import prompts
-from draftopd_jax.data.batching import encode_prompts, pad_batch
+from draftopd_jax.data.prompts import encode_prompts
+from draftopd_jax.decoding.padding import pad_batch
 from draftopd_jax.decoding import engine
 from draftopd_jax.evaluation import metrics
 from draftopd_jax.io import LoadedModel

@@ -1,4 +1,5 @@
-"""Drafters out to (and back from) the Hugging Face layouts that serving engines load.
+"""Drafters out to the Hugging Face layouts that serving engines load (`io/import_drafter.py`
+reads them back).
 
 Formats (names, shapes and config keys are specified in docs/export_formats.md):
 * "dflash": the z-lab DFlash layout (`DFlashDraftModel`, `dflash_config`), which SGLang and vLLM
@@ -12,16 +13,15 @@ Weights go to `model.safetensors` in float32, linear weights as [out, in].
 Layer ids: ours and z-lab's and SpecForge's name the output of decoder layer i; the speculators
 format (and vLLM) count the captured stream entering layer i + 1, so it stores i + 1.
 
-Our DFlash reuses the target's final norm before the target's LM head, where the z-lab layout has
-a drafter `norm`: export writes the target's weights there, and import accepts only a drafter whose
-`norm` equals its target's (one trained elsewhere with its own final norm is refused).
+The z-lab layout always has a drafter `norm`: a DFlash drafter with its own final norm writes it
+there, one that reuses the target's (`own_final_norm=False`) writes a copy of the target's.
 """
 
 import json
 import pathlib
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from draftopd_jax.errors import UserError
 from draftopd_jax.models import ModelConfig, dflash, eagle3
@@ -115,68 +115,77 @@ def export_drafter(directory: str | pathlib.Path, fmt: str, drafter, params: dic
   the target for the speculators format (a Hugging Face id or path)."""
   if fmt not in FORMATS:
     raise UserError(f"export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-  params = _numpy(params)
-  target_embed = np.asarray(target_params["embed"]["embedding"], np.float32)
-  cfg = drafter.cfg
-  ids = list(cfg.target_layer_ids)
   if isinstance(drafter, DFlashDrafter):
-    tensors = _dflash_tensors(params)
-    # The reference format always carries a drafter norm: ours, or a copy of the target's.
-    norm = params["final_norm"] if cfg.own_final_norm else target_params["final_norm"]
-    tensors["norm.weight"] = np.asarray(norm["scale"], np.float32)
-    layer = _layer_config(cfg.layer, cfg.num_layers, "qwen3")
     if fmt == "eagle3":
       raise UserError("a DFlash drafter exports to the dflash or speculators format, not eagle3")
-    if fmt == "dflash":
-      config = {**layer, "architectures": ["DFlashDraftModel"], "block_size": cfg.block_size,
-                "num_target_layers": target_cfg.num_layers,
-                "dflash_config": {"target_layer_ids": ids, "mask_token_id": cfg.mask_token_id,
-                                  "block_size": cfg.block_size}}
-    else:
-      lm_head = target_params.get("lm_head", {}).get("kernel")
-      tensors["embed_tokens.weight"] = target_embed
-      tensors["lm_head.weight"] = (target_embed if lm_head is None
-                                   else np.asarray(lm_head, np.float32).T)
-      config = {"architectures": ["DFlashSpeculator"], "speculators_model_type": "dflash",
-                "speculators_version": SPECULATORS_VERSION,
-                "draft_vocab_size": target_cfg.vocab_size, "block_size": cfg.block_size,
-                "aux_hidden_state_layer_ids": [i + 1 for i in ids],
-                "mask_token_id": cfg.mask_token_id, "target_hidden_size": None,
-                "sliding_window_non_causal": False, "sample_from_anchor": False,
-                "transformer_layer_config": layer,
-                "speculators_config": _speculators_config("dflash", cfg.block_size - 1, verifier,
-                                                          target_cfg)}
+    export = _export_dflash
   elif isinstance(drafter, Eagle3Drafter):
     if fmt == "dflash":
       raise UserError("an EAGLE-3 drafter exports to the eagle3 or speculators format, not dflash")
-    layer = _layer_config(cfg.layer, 1, "llama")
-    prefix = "midlayer." if fmt == "eagle3" else "layers.0."
-    tensors = {**_eagle3_tensors(params, prefix),
-               **_vocab_maps(params["d2t"], target_cfg.vocab_size)}
-    common = {"draft_vocab_size": cfg.draft_vocab_size, "norm_before_residual": False}
-    if fmt == "eagle3":
-      config = {**layer, **common, "architectures": ["LlamaForCausalLMEagle3"],
-                "block_size": cfg.block_size,  # ours: engines take the draft length as a flag
-                "eagle_config": {"eagle_aux_hidden_state_layer_ids": ids},
-                "eagle_aux_hidden_state_layer_ids": [i + 1 for i in ids]}
-    else:
-      tensors["embed_tokens.weight"] = target_embed
-      config = {**common, "architectures": ["Eagle3Speculator"],
-                "speculators_model_type": "eagle3", "speculators_version": SPECULATORS_VERSION,
-                "norm_before_fc": False, "fc_norm": False, "norm_output": False,
-                "embed_requires_grad": False, "target_hidden_size": None,
-                "eagle_aux_hidden_state_layer_ids": [i + 1 for i in ids],
-                "transformer_layer_config": layer,
-                "speculators_config": _speculators_config("eagle3", cfg.block_size - 1, verifier,
-                                                          target_cfg)}
+    export = _export_eagle3
   else:
     raise UserError(f"cannot export a {type(drafter).__name__}; export DFlash or EAGLE-3 drafters")
+  tensors, config = export(fmt, drafter.cfg, _numpy(params), target_cfg, target_params, verifier)
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
             str(directory / "model.safetensors"), metadata={"format": "pt"})
   (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
   return directory
+
+
+def _export_dflash(fmt: str, cfg: dflash.DFlashConfig, params: dict, target_cfg: ModelConfig,
+                   target_params: dict, verifier: str) -> tuple[dict, dict]:
+  """(tensors, config.json) of a DFlash drafter in the dflash or speculators format."""
+  ids = list(cfg.target_layer_ids)
+  tensors = _dflash_tensors(params)
+  # The reference format always carries a drafter norm: ours, or a copy of the target's.
+  norm = params["final_norm"] if cfg.own_final_norm else target_params["final_norm"]
+  tensors["norm.weight"] = np.asarray(norm["scale"], np.float32)
+  layer = _layer_config(cfg.layer, cfg.num_layers, "qwen3")
+  if fmt == "dflash":
+    return tensors, {**layer, "architectures": ["DFlashDraftModel"], "block_size": cfg.block_size,
+                     "num_target_layers": target_cfg.num_layers,
+                     "dflash_config": {"target_layer_ids": ids, "mask_token_id": cfg.mask_token_id,
+                                       "block_size": cfg.block_size}}
+  target_embed = np.asarray(target_params["embed"]["embedding"], np.float32)
+  lm_head = target_params.get("lm_head", {}).get("kernel")
+  tensors["embed_tokens.weight"] = target_embed
+  tensors["lm_head.weight"] = target_embed if lm_head is None else np.asarray(lm_head, np.float32).T
+  return tensors, {
+      "architectures": ["DFlashSpeculator"], "speculators_model_type": "dflash",
+      "speculators_version": SPECULATORS_VERSION, "draft_vocab_size": target_cfg.vocab_size,
+      "block_size": cfg.block_size, "aux_hidden_state_layer_ids": [i + 1 for i in ids],
+      "mask_token_id": cfg.mask_token_id, "target_hidden_size": None,
+      "sliding_window_non_causal": False, "sample_from_anchor": False,
+      "transformer_layer_config": layer,
+      "speculators_config": _speculators_config("dflash", cfg.block_size - 1, verifier,
+                                                target_cfg)}
+
+
+def _export_eagle3(fmt: str, cfg: eagle3.Eagle3Config, params: dict, target_cfg: ModelConfig,
+                   target_params: dict, verifier: str) -> tuple[dict, dict]:
+  """(tensors, config.json) of an EAGLE-3 drafter in the eagle3 or speculators format."""
+  ids = list(cfg.target_layer_ids)
+  layer = _layer_config(cfg.layer, 1, "llama")
+  prefix = "midlayer." if fmt == "eagle3" else "layers.0."
+  tensors = {**_eagle3_tensors(params, prefix),
+             **_vocab_maps(params["d2t"], target_cfg.vocab_size)}
+  common = {"draft_vocab_size": cfg.draft_vocab_size, "norm_before_residual": False}
+  if fmt == "eagle3":
+    return tensors, {**layer, **common, "architectures": ["LlamaForCausalLMEagle3"],
+                     "block_size": cfg.block_size,  # ours: engines take the draft length as a flag
+                     "eagle_config": {"eagle_aux_hidden_state_layer_ids": ids},
+                     "eagle_aux_hidden_state_layer_ids": [i + 1 for i in ids]}
+  tensors["embed_tokens.weight"] = np.asarray(target_params["embed"]["embedding"], np.float32)
+  return tensors, {
+      **common, "architectures": ["Eagle3Speculator"], "speculators_model_type": "eagle3",
+      "speculators_version": SPECULATORS_VERSION, "norm_before_fc": False, "fc_norm": False,
+      "norm_output": False, "embed_requires_grad": False, "target_hidden_size": None,
+      "eagle_aux_hidden_state_layer_ids": [i + 1 for i in ids],
+      "transformer_layer_config": layer,
+      "speculators_config": _speculators_config("eagle3", cfg.block_size - 1, verifier,
+                                                target_cfg)}
 
 
 def _numpy(tree):
@@ -186,112 +195,3 @@ def _numpy(tree):
   array = np.asarray(tree)
   return array.astype(np.float32) if array.dtype.kind == "f" or array.dtype.name == "bfloat16" \
       else array
-
-
-def import_drafter(directory: str | pathlib.Path, target_cfg: ModelConfig, target_params: dict):
-  """(drafter, params) from an exported folder in any of `FORMATS`, checked against the target."""
-  directory = pathlib.Path(directory)
-  if not (directory / "config.json").is_file() or not (directory / "model.safetensors").is_file():
-    raise UserError(f"{directory} has no config.json and model.safetensors to import")
-  config = json.loads((directory / "config.json").read_text())
-  tensors = load_file(str(directory / "model.safetensors"))
-  kind = config.get("speculators_model_type") or (
-      "dflash" if "dflash_config" in config else
-      "eagle3" if "LlamaForCausalLMEagle3" in config.get("architectures", []) else None)
-  if kind not in ("dflash", "eagle3"):
-    raise UserError(f"{directory}/config.json is neither a DFlash, an EAGLE-3 nor a speculators "
-                    "drafter config")
-  speculators = "speculators_model_type" in config
-  layer = config["transformer_layer_config"] if speculators else config
-  if layer["hidden_size"] != target_cfg.hidden_size or layer["vocab_size"] != target_cfg.vocab_size:
-    raise UserError(f"{directory} was made for a target of hidden size {layer['hidden_size']} "
-                    f"and vocabulary {layer['vocab_size']}, not {target_cfg.hidden_size} and "
-                    f"{target_cfg.vocab_size}")
-  embed = np.asarray(target_params["embed"]["embedding"], np.float32)
-  if "embed_tokens.weight" in tensors and not np.array_equal(tensors["embed_tokens.weight"], embed):
-    raise UserError(f"{directory} carries another target's embedding")
-  try:
-    if kind == "dflash":
-      return _import_dflash(config, layer, tensors, speculators, target_cfg, target_params)
-    return _import_eagle3(config, tensors, speculators, target_cfg)
-  except KeyError as e:
-    raise UserError(f"{directory}/model.safetensors lacks tensor {e}") from None
-
-
-def _import_dflash(config, layer, tensors, speculators, target_cfg, target_params):
-  if speculators:
-    ids = [i - 1 for i in config["aux_hidden_state_layer_ids"]]
-    block_size, mask = config["block_size"], config["mask_token_id"]
-  else:
-    ids, mask = config["dflash_config"]["target_layer_ids"], config["dflash_config"]["mask_token_id"]
-    block_size = config.get("block_size") or config["dflash_config"]["block_size"]
-  # A norm equal to the target's is the target's (drafters made without their own norm).
-  own_norm = not np.array_equal(tensors["norm.weight"],
-                                np.asarray(target_params["final_norm"]["scale"], np.float32))
-  try:
-    cfg = dflash.DFlashConfig.for_target(target_cfg, num_layers=layer["num_hidden_layers"],
-                                         block_size=block_size, mask_token_id=mask,
-                                         target_layer_ids=tuple(ids), own_final_norm=own_norm)
-  except ValueError as e:
-    raise UserError(str(e)) from None
-  like = dflash.init_params(cfg)
-  layers = {name: [] for name in ("attn_norm", "mlp_norm", "q", "k", "v", "o", "q_norm", "k_norm",
-                                  "gate", "up", "down")}
-  for i in range(cfg.num_layers):
-    p = f"layers.{i}."
-    layers["attn_norm"].append(tensors[p + "input_layernorm.weight"])
-    layers["mlp_norm"].append(tensors[p + "post_attention_layernorm.weight"])
-    for name in "qkvo":
-      layers[name].append(tensors[f"{p}self_attn.{name}_proj.weight"].T)
-    for name in "qk":
-      layers[f"{name}_norm"].append(tensors[f"{p}self_attn.{name}_norm.weight"])
-    for name in ("gate", "up", "down"):
-      layers[name].append(tensors[f"{p}mlp.{name}_proj.weight"].T)
-  stack = lambda name: np.stack(layers[name])
-  params = {"fc": {"kernel": tensors["fc.weight"].T},
-            "context_norm": {"scale": tensors["hidden_norm.weight"]},
-            "layers": {**{n: {"scale": stack(n)} for n in ("attn_norm", "mlp_norm", "q_norm",
-                                                         "k_norm")},
-                       **{n: {"kernel": stack(n)} for n in "qkvo"},
-                       "mlp": {n: {"kernel": stack(n)} for n in ("gate", "up", "down")}}}
-  if own_norm:
-    params["final_norm"] = {"scale": tensors["norm.weight"]}
-  _check_shapes(params, like)
-  return DFlashDrafter(cfg), params
-
-
-def _import_eagle3(config, tensors, speculators, target_cfg):
-  if speculators:
-    ids = [i - 1 for i in config["eagle_aux_hidden_state_layer_ids"]]
-  else:
-    ids = config["eagle_config"]["eagle_aux_hidden_state_layer_ids"]
-  block_size = (config["speculators_config"]["proposal_methods"][0]["speculative_tokens"] + 1
-                if speculators else config.get("block_size", 8))
-  try:
-    cfg = eagle3.Eagle3Config.for_target(target_cfg, block_size=block_size,
-                                         draft_vocab_size=config["draft_vocab_size"],
-                                         target_layer_ids=tuple(ids))
-  except ValueError as e:
-    raise UserError(str(e)) from None
-  p = "layers.0." if speculators else "midlayer."
-  attn = {name: {"kernel": tensors[f"{p}self_attn.{name}_proj.weight"].T} for name in "qkvo"}
-  model = {"fc": {"kernel": tensors["fc.weight"].T}, "attn": attn,
-           "feature_norm": {"scale": tensors[p + "hidden_norm.weight"]},
-           "embed_norm": {"scale": tensors[p + "input_layernorm.weight"]},
-           "mlp_norm": {"scale": tensors[p + "post_attention_layernorm.weight"]},
-           "mlp": {n: {"kernel": tensors[f"{p}mlp.{n}_proj.weight"].T} for n in ("gate", "up",
-                                                                                 "down")},
-           "final_norm": {"scale": tensors["norm.weight"]},
-           "lm_head": {"kernel": tensors["lm_head.weight"].T}}
-  _check_shapes(model, eagle3.init_params(cfg))
-  offsets = tensors.get("d2t", np.zeros(cfg.draft_vocab_size, np.int64))  # none: full vocabulary
-  d2t = (np.arange(cfg.draft_vocab_size) + offsets).astype(np.int32)
-  return Eagle3Drafter(cfg), {"model": model, "d2t": d2t}
-
-
-def _check_shapes(params: dict, like: dict, path: str = "") -> None:
-  for key, value in like.items():
-    if isinstance(value, dict):
-      _check_shapes(params[key], value, f"{path}{key}/")
-    elif np.shape(params[key]) != np.shape(value):
-      raise UserError(f"{path}{key} has shape {np.shape(params[key])}, expected {np.shape(value)}")

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from draftopd_jax.data.batching import encode_prompts, pad_batch
-from draftopd_jax.data.prompts import eval_prompts, sharegpt_prompts
+from draftopd_jax.decoding.padding import pad_batch
+from draftopd_jax.data.prompts import encode_prompts, eval_prompts, sharegpt_prompts
 from draftopd_jax.decoding import engine
 from draftopd_jax.errors import UserError
 from draftopd_jax.evaluation import metrics, plots

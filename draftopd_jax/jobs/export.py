@@ -7,7 +7,8 @@ import numpy as np
 from draftopd_jax.errors import UserError
 from draftopd_jax.io import load_model
 from draftopd_jax.io.drafter_checkpoint import load_drafter
-from draftopd_jax.io.export import export_drafter, import_drafter
+from draftopd_jax.io.export import export_drafter
+from draftopd_jax.io.import_drafter import import_drafter
 from draftopd_jax.models import ModelConfig, dflash, eagle3
 from draftopd_jax.models.drafters import DFlashDrafter
 

@@ -5,8 +5,8 @@ import pathlib
 
 from tqdm import tqdm
 
-from draftopd_jax.data.batching import encode_prompts, pad_batch
-from draftopd_jax.data.prompts import Prompt, read_prompts_file
+from draftopd_jax.decoding.padding import pad_batch
+from draftopd_jax.data.prompts import Prompt, encode_prompts, read_prompts_file
 from draftopd_jax.decoding.generate import generate
 from draftopd_jax.errors import UserError
 from draftopd_jax.io import LoadedModel, load_model

@@ -16,7 +16,9 @@ import numpy as np
 from tqdm import tqdm
 
 from draftopd_jax.data import prompts
-from draftopd_jax.data.batching import encode_prompts, pad_batch
+from draftopd_jax.data.prompts import encode_prompts
+from draftopd_jax.decoding.padding import pad_batch
+from draftopd_jax.decoding import engine
 from draftopd_jax.errors import UserError
 from draftopd_jax.evaluation.heldout import HeldoutTau
 from draftopd_jax.io import LoadedModel, load_model
@@ -93,6 +95,30 @@ def check_step_memory(config, vocab_size: int) -> None:
                             "rollout.max_new_tokens")
 
 
+def update_flops(config, drafter, target_cfg, rollout_steps: int) -> dict[str, float]:
+  """FLOPs of one update, by part; they depend on the verify passes its rollout took."""
+  r = config.rollout
+  batch, width = r.batch_size * r.rollouts_per_update, config.data.max_prompt_tokens
+  return flops.opd(drafter.cfg, target_cfg, batch, width,
+                   engine.buffer_length(width, r.max_new_tokens, drafter.block_size),
+                   rollout_steps * r.rollouts_per_update,
+                   r.max_new_tokens * (2 if r.anchors == "random" else 1),
+                   target_pass=r.anchors == "random")
+
+
+def tau_before(run: loop.Run, evaluate) -> tuple[dict, float]:
+  """(held-out tau before training, training FLOPs used so far): measured at a fresh start and
+  kept in before.json, read back with the FLOPs from metrics.jsonl when resuming."""
+  if run.step == 0:
+    before = evaluate(0, 0.0)
+    if jax.process_index() == 0:
+      (run.out / "before.json").write_text(json.dumps(before))
+    return before, 0.0
+  used_flops = max((rec.get("train_flops", 0.0) for rec in map(
+      json.loads, (run.out / "metrics.jsonl").open())), default=0.0)
+  return json.loads((run.out / "before.json").read_text()), used_flops
+
+
 def run_opd(config, workdir: str | None) -> dict:
   out = pathlib.Path(workdir or config.workdir)
   r, t = config.rollout, config.train
@@ -115,15 +141,12 @@ def run_opd(config, workdir: str | None) -> dict:
   run = loop.Run.start(config, out, mesh, step_fn, optimizer,
                        start_params["model"] if eagle else start_params, model.params)
   width = config.data.max_prompt_tokens
-  seq_len = width + r.max_new_tokens + drafter.block_size
-  blocks = r.max_new_tokens * (2 if r.anchors == "random" else 1)
-  order = lambda epoch: np.random.default_rng([t.seed, epoch]).permutation(len(pool))
   rows = sharding.process_rows(mesh, config.sharding_rules, batch)  # this process's prompts
 
   def prompts_at(position: int) -> tuple[np.ndarray, np.ndarray]:
-    return pad_batch([pool[order(p // len(pool))[p % len(pool)]]
-                      for p in range(position, position + batch)][rows], model.tokenizer.pad_id,
-                     width=width)
+    return pad_batch([pool[i] for i in loop.stream_indices(t.seed, len(pool), position, batch,
+                                                           rows)],
+                     model.tokenizer.pad_id, width=width)
 
   def evaluate(step: int, used_flops: float) -> dict:
     taus = heldout(drafter, update_step.full_params(drafter, run.state.params, d2t),
@@ -133,21 +156,12 @@ def run_opd(config, workdir: str | None) -> dict:
 
   hooks = loop.Hooks(
       batch=prompts_at, record=lambda m: {k: np.asarray(v).round(5).tolist() for k, v in m.items()},
-      flops=lambda m: flops.opd(drafter.cfg, model.cfg, batch, width, seq_len,
-                                int(m["rollout_steps"]) * r.rollouts_per_update, blocks,
-                                target_pass=r.anchors == "random"),
+      flops=lambda m: update_flops(config, drafter, model.cfg, int(m["rollout_steps"])),
       postfix=lambda m: {"loss": f"{float(m['loss']):.3f}",
                          "rollout_tau": f"{float(m['rollout_tau']):.2f}"},
       evaluate=lambda step, used: tqdm.write(f"step {step}: held-out tau "
                                              + _format(evaluate(step, used))))
-  if run.step == 0:
-    before, used_flops = evaluate(0, 0.0), 0.0
-    if jax.process_index() == 0:
-      (out / "before.json").write_text(json.dumps(before))
-  else:
-    before = json.loads((out / "before.json").read_text())
-    used_flops = max((rec.get("train_flops", 0.0) for rec in map(
-        json.loads, (out / "metrics.jsonl").open())), default=0.0)
+  before, used_flops = tau_before(run, evaluate)
   print("held-out tau before: " + _format(before))
   used_flops = run.train(hooks, name="opd", rows=batch, steps=t.steps,
                          flops_budget=t.flops_budget, used_flops=used_flops)

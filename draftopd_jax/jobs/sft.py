@@ -16,7 +16,8 @@ import numpy as np
 from tqdm import tqdm
 
 from draftopd_jax.data import prompts, regeneration
-from draftopd_jax.data.batching import encode_prompts, pad_batch
+from draftopd_jax.data.prompts import encode_prompts
+from draftopd_jax.decoding.padding import pad_batch
 from draftopd_jax.decoding import engine
 from draftopd_jax.errors import UserError
 from draftopd_jax.evaluation.heldout import HeldoutTau
@@ -141,6 +142,45 @@ def check_step_memory(config, vocab_size: int) -> None:
                             "lower train.batch_size, data.seq_len or train.num_anchors")
 
 
+def training_examples(config, model: LoadedModel, out: pathlib.Path) -> list[data.Example]:
+  """The corpus's examples, or the target's responses to the training prompts (regenerated into
+  the workdir once). Bad settings fail before the workdir is made."""
+  if not config.drafter.init_from:
+    drafter_config(config.drafter, model.cfg)  # a bad drafter setting fails before the data
+  examples = corpus_examples(config, model) if config.data.corpus else None
+  prompt_ids = None if examples else training_prompts(config, model)
+  out.mkdir(parents=True, exist_ok=True)
+  return examples or regenerated_examples(config, model, prompt_ids, out)
+
+
+def training_flops(config, drafter, target_cfg, cached_features: bool) -> dict[str, float]:
+  """FLOPs of one training step, by part."""
+  t, seq_len = config.train, config.data.seq_len
+  if isinstance(drafter, DFlashDrafter):
+    return flops.dflash_train(drafter.cfg, target_cfg, t.batch_size, seq_len, t.num_anchors,
+                              cached_features=cached_features, distill=t.loss == "kl")
+  return flops.eagle3_train(drafter.cfg, target_cfg, t.batch_size, seq_len, t.ttt_steps)
+
+
+class BestDrafter:
+  """The best held-out tau so far and its drafter (best_drafter/). best.json survives restarts,
+  so a resumed run keeps the true best."""
+
+  def __init__(self, out: pathlib.Path, drafter, model: LoadedModel):
+    self.out, self.drafter, self.model = out, drafter, model
+    file = out / "best.json"
+    self.tau = json.loads(file.read_text())["heldout_tau"] if file.is_file() else -1.0
+
+  def offer(self, step: int, tau: float, params: dict) -> None:
+    if tau <= self.tau:
+      return
+    self.tau = tau
+    save_drafter(self.out / "best_drafter", self.drafter, params, self.model.cfg,
+                 self.model.tokenizer)
+    if jax.process_index() == 0:
+      (self.out / "best.json").write_text(json.dumps({"step": step, "heldout_tau": tau}))
+
+
 def run_sft(config, workdir: str | None) -> dict:
   if not workdir:
     raise UserError("sft writes checkpoints and metrics: pass --workdir=DIR")
@@ -153,14 +193,7 @@ def run_sft(config, workdir: str | None) -> dict:
   mesh = trainer.training_mesh(config.mesh, config.sharding_rules, t.batch_size)
   model = load_model(config.model, dtype=config.dtype)
   check_step_memory(config, model.cfg.vocab_size)
-  if not config.drafter.init_from:
-    drafter_config(config.drafter, model.cfg)  # a bad drafter setting fails before the data
-  # Bad data settings fail before the workdir is made.
-  examples = corpus_examples(config, model) if d.corpus else None
-  prompt_ids = None if examples else training_prompts(config, model)
-  out.mkdir(parents=True, exist_ok=True)
-  if examples is None:
-    examples = regenerated_examples(config, model, prompt_ids, out)
+  examples = training_examples(config, model, out)
   drafter, params = make_drafter(config, model, examples)
   features = target_features(config, model, drafter, examples) if d.feature_cache else None
   heldout = HeldoutTau(model, tuple(config.heldout.datasets), config.heldout.num_prompts,
@@ -170,38 +203,22 @@ def run_sft(config, workdir: str | None) -> dict:
   trainable, step_fn, full_params = training_step(config, drafter, params, model.cfg, optimizer)
   run = loop.Run.start(config, out, mesh, step_fn, optimizer, trainable, model.params,
                        batch_inputs=2 if features is None else 3)
-  step_flops = (flops.dflash_train(drafter.cfg, model.cfg, t.batch_size, d.seq_len,
-                                   t.num_anchors, cached_features=features is not None,
-                                   distill=t.loss == "kl") if isinstance(drafter, DFlashDrafter) else
-                flops.eagle3_train(drafter.cfg, model.cfg, t.batch_size, d.seq_len, t.ttt_steps))
+  step_flops = training_flops(config, drafter, model.cfg, cached_features=features is not None)
   flops_per_step = sum(step_flops.values())
-  # The data stream: a fixed permutation per epoch, addressed by the position in the stream;
-  # each process batches only the rows its devices hold.
-  order = lambda epoch: np.random.default_rng([t.seed, epoch]).permutation(len(examples))
   rows = sharding.process_rows(mesh, config.sharding_rules, t.batch_size)
 
   def batch(position: int) -> tuple[np.ndarray, ...]:
-    indices = [order(p // len(examples))[p % len(examples)]
-               for p in range(position, position + t.batch_size)][rows]
+    indices = loop.stream_indices(t.seed, len(examples), position, t.batch_size, rows)
     arrays = data.to_batch([examples[i] for i in indices], d.seq_len, model.tokenizer.pad_id)
     return arrays if features is None else (*arrays, features.batch(indices, d.seq_len))
 
-  best_file = out / "best.json"  # survives restarts, so a resumed run keeps the true best
-  best = json.loads(best_file.read_text())["heldout_tau"] if best_file.is_file() else -1.0
+  best = BestDrafter(out, drafter, model)
 
-  def evaluate(step: int, used_flops: float) -> float:
-    """Held-out tau, written; a new best is saved as best_drafter."""
-    nonlocal best
+  def evaluate(step: int, used_flops: float) -> None:
     taus = heldout(drafter, full_params(run.state.params), run.target_params)
     run.writer.write(step, {**taus, "train_flops": used_flops})
     tqdm.write(f"step {step}: held-out tau " + _format(taus))
-    if taus["heldout_tau"] > best:
-      best = taus["heldout_tau"]
-      save_drafter(out / "best_drafter", drafter, full_params(run.state.params), model.cfg,
-                   model.tokenizer)
-      if jax.process_index() == 0:
-        best_file.write_text(json.dumps({"step": step, "heldout_tau": best}))
-    return taus["heldout_tau"]
+    best.offer(step, taus["heldout_tau"], full_params(run.state.params))
 
   hooks = loop.Hooks(
       batch=batch, flops=lambda metrics: step_flops, evaluate=evaluate,
@@ -219,10 +236,9 @@ def run_sft(config, workdir: str | None) -> dict:
   run.close()
   save_drafter(out / "drafter", drafter, jax.device_get(full_params(run.state.params)), model.cfg,
                model.tokenizer)
-  tau = taus["heldout_tau"]
-  print(f"done: step {run.step}, held-out tau {tau:.3f} (best {max(best, tau):.3f}); "
-        f"drafter saved to {out / 'drafter'}")
-  return {"heldout_tau": tau, "steps": run.step}
+  print(f"done: step {run.step}, held-out tau {taus['heldout_tau']:.3f} (best "
+        f"{max(best.tau, taus['heldout_tau']):.3f}); drafter saved to {out / 'drafter'}")
+  return {"heldout_tau": taus["heldout_tau"], "steps": run.step}
 
 
 def _format(taus: dict) -> str:

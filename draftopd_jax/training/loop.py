@@ -31,6 +31,14 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
                                 t.grad_clip, t.final_lr_fraction)
 
 
+def stream_indices(seed: int, size: int, position: int, count: int, rows: slice) -> list[int]:
+  """Dataset indices at stream positions `position`..`position + count - 1`: a fixed permutation
+  of the `size` items per epoch, so a resumed run continues the same stream; of those, the `rows`
+  this process's devices hold."""
+  order = lambda epoch: np.random.default_rng([seed, epoch]).permutation(size)
+  return [order(p // size)[p % size] for p in range(position, position + count)][rows]
+
+
 @dataclasses.dataclass(frozen=True)
 class Hooks:
   """What a job plugs into `Run.train`; `metrics` are an update's metrics, on the host."""
