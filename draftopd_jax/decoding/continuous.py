@@ -22,6 +22,11 @@ from draftopd_jax.sampling import SamplingConfig
 WIDTH_BUCKET = 64  # prompt widths are padded up to a multiple of this: few prefill shapes
 
 
+def _bucket(rows: list[list[int]]) -> int:
+  """The longest row, rounded up to WIDTH_BUCKET."""
+  return -(-max(len(r) for r in rows) // WIDTH_BUCKET) * WIDTH_BUCKET
+
+
 def generate_all(target_cfg: ModelConfig, target_params: Params, prompts: list[list[int]], *,
                  batch_size: int, max_new_tokens: int, pad_id: int,
                  eos_ids: tuple[int, ...] = (), sampling: SamplingConfig = SamplingConfig(),
@@ -31,10 +36,8 @@ def generate_all(target_cfg: ModelConfig, target_params: Params, prompts: list[l
   (steps x rows, the work of the loop: idle rows count too)."""
   if not prompts:
     return [], 0
-  bucket = lambda n: -(-n // WIDTH_BUCKET) * WIDTH_BUCKET
   drafter = Autoregressive()
-  cache_len = engine.buffer_length(bucket(max(len(p) for p in prompts)), max_new_tokens,
-                                   drafter.block_size)
+  cache_len = engine.buffer_length(_bucket(prompts), max_new_tokens, drafter.block_size)
   statics = dict(max_new_tokens=max_new_tokens, sampling=sampling, eos_ids=tuple(eos_ids))
   target_layers = engine.layer_params(target_cfg, target_params)
   batch_size = min(batch_size, len(prompts))
@@ -42,8 +45,7 @@ def generate_all(target_cfg: ModelConfig, target_params: Params, prompts: list[l
 
   def prefill(indices: list[int], num_rows: int) -> engine.DecodeState:
     rows = [prompts[i] for i in indices]
-    tokens, mask = pad_batch(rows, pad_id, width=bucket(max(len(r) for r in rows)),
-                             num_rows=num_rows)
+    tokens, mask = pad_batch(rows, pad_id, width=_bucket(rows), num_rows=num_rows)
     return engine.prefill(target_cfg, target_params, drafter, None, tokens, mask,
                           jax.random.key(seed + indices[0]), cache_len=cache_len, **statics)
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from draftopd_jax.decoding.verify import verify
 from draftopd_jax.models import KVCache, ModelConfig, Params, forward
-from draftopd_jax.models.drafters import Autoregressive
+from draftopd_jax.models.drafters import Autoregressive, Drafter
 from draftopd_jax.models.transformer import split_layers
 from draftopd_jax.sampling import SamplingConfig, sample
 
@@ -101,7 +101,7 @@ def buffer_length(prompt_width: int, max_new_tokens: int, block_size: int) -> in
 
 @functools.partial(jax.jit, static_argnames=_STATICS[:5] + ("record_verify_logprobs",
                                                             "record_teacher", "cache_len"))
-def prefill(target_cfg: ModelConfig, target_params: Params, drafter, drafter_params,
+def prefill(target_cfg: ModelConfig, target_params: Params, drafter: Drafter, drafter_params,
             prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, rng: jax.Array, *,
             max_new_tokens: int, sampling: SamplingConfig, eos_ids: tuple[int, ...],
             record_verify_logprobs: bool = False, record_teacher: bool = False,
@@ -225,7 +225,7 @@ def layer_params(target_cfg: ModelConfig, target_params: Params) -> tuple:
 
 
 @functools.partial(jax.jit, static_argnames=_STATICS, donate_argnames=("state",))
-def decode(target_cfg: ModelConfig, target_params: Params, drafter, drafter_params,
+def decode(target_cfg: ModelConfig, target_params: Params, drafter: Drafter, drafter_params,
            state: DecodeState, stop_step: jax.Array, *, max_new_tokens: int,
            sampling: SamplingConfig, eos_ids: tuple[int, ...], verify_impl: str = "auto",
            target_layers: tuple | None = None) -> DecodeState:
@@ -244,9 +244,10 @@ def decode(target_cfg: ModelConfig, target_params: Params, drafter, drafter_para
 
 
 def run(target_cfg: ModelConfig, target_params: Params, prompt_BxP: np.ndarray,
-        prompt_mask_BxP: np.ndarray, *, drafter=None, drafter_params=None, max_new_tokens: int,
-        sampling: SamplingConfig = SamplingConfig(), eos_ids: tuple[int, ...] = (), seed: int = 0,
-        progress=None, chunk: int | None = None, verify_impl: str = "auto") -> DecodeState:
+        prompt_mask_BxP: np.ndarray, *, drafter: Drafter | None = None, drafter_params=None,
+        max_new_tokens: int, sampling: SamplingConfig = SamplingConfig(),
+        eos_ids: tuple[int, ...] = (), seed: int = 0, progress=None, chunk: int | None = None,
+        verify_impl: str = "auto") -> DecodeState:
   """Decodes a batch to completion and returns the final state (tokens, lengths, trace).
 
   Without a drafter this is autoregressive decoding. With `progress` (anything with

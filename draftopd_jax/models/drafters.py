@@ -14,7 +14,7 @@ roll-back-by-position rule as the target's KV cache.
 """
 
 import dataclasses
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +22,25 @@ import jax.numpy as jnp
 from draftopd_jax.models import ModelConfig, dflash, eagle3
 
 Target = tuple[ModelConfig, dict]  # (config, params) of the frozen target
+
+
+class Drafter(Protocol):
+  """What the engine, the training steps, checkpoints and export need of a drafter."""
+
+  @property
+  def block_size(self) -> int: ...  # K: the anchor slot and K-1 proposals
+
+  @property
+  def layer_ids(self) -> tuple[int, ...]: ...  # target layers whose outputs it observes
+
+  def init_state(self, params, batch: int, max_len: int) -> Any: ...
+
+  def propose(self, params, target: Target, state, tokens_BxS: jax.Array, anchor_pos_B: jax.Array
+              ) -> tuple[jax.Array, Any]: ...
+
+  def observe(self, params, target: Target, state, tokens_BxS: jax.Array,
+              positions_BxT: jax.Array, features_BxTxFxD: jax.Array, anchor_pos_B: jax.Array
+              ) -> Any: ...
 
 
 def gather_positions(tokens_BxS: jax.Array, positions_BxT: jax.Array) -> jax.Array:
