@@ -5,6 +5,7 @@ file may take a variant as `--config=configs/job.py:variant`.
 """
 
 import importlib
+import pathlib
 import re
 import sys
 
@@ -36,6 +37,24 @@ MODES = {
 }
 
 
+def run_job(config, workdir: str | None):
+  module, function = MODES[config.mode]
+  return getattr(importlib.import_module(module), function)(config, workdir)
+
+
+def sft_warmup(config, workdir: str | None) -> str:
+  """Draft-OPD without an SFT drafter first runs (or resumes, or reuses) the SFT job of
+  `config.warmup` in WORKDIR/sft_warmup, and starts from its drafter."""
+  out = pathlib.Path(workdir or config.workdir) / "sft_warmup"
+  if not (out / "drafter" / "drafter.json").is_file():
+    from draftopd_jax.jobs import opd  # here, as every job: `--help` need not load JAX
+
+    opd.preflight(config, config.warmup.drafter.block_size)
+    print(f"no SFT drafter given (init_from): SFT warm-up in {out}")
+    run_job(config.warmup, str(out))
+  return str(out / "drafter")
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -54,8 +73,9 @@ def main(argv: list[str]) -> None:
     from draftopd_jax.jobs import config_check
 
     config_check.check(config)
-    module, function = MODES[config.mode]
-    getattr(importlib.import_module(module), function)(config, _WORKDIR.value)
+    if config.mode == "opd" and not config.init_from:
+      config.init_from = sft_warmup(config, _WORKDIR.value)
+    run_job(config, _WORKDIR.value)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -1,5 +1,5 @@
-"""`main.py` mode `opd`: Draft-OPD of a DFlash (or EAGLE-3) drafter, from an SFT drafter (or a
-short SFT warm-up when none is given).
+"""`main.py` mode `opd`: Draft-OPD of a DFlash (or EAGLE-3) drafter, from an SFT drafter (`main.py`
+runs the SFT warm-up job first when none is given).
 
 Each update rolls out greedy speculative decoding with the current drafter on a batch of training
 prompts, replays the rollout's blocks with gradients and trains on the committed tokens (forward
@@ -22,9 +22,8 @@ from draftopd_jax.decoding import engine
 from draftopd_jax.errors import UserError
 from draftopd_jax.evaluation.heldout import HeldoutTau
 from draftopd_jax.io import LoadedModel, load_model
-from draftopd_jax.io.drafter_checkpoint import load_drafter, read_meta, save_drafter
+from draftopd_jax.io.drafter_checkpoint import load_drafter, save_drafter
 from draftopd_jax.jobs import config_check
-from draftopd_jax.jobs.sft import run_sft
 from draftopd_jax.models.drafters import DFlashDrafter, Eagle3Drafter
 from draftopd_jax.opd import update_step
 from draftopd_jax.opd.losses import LossOptions
@@ -33,20 +32,17 @@ from draftopd_jax.sampling import SamplingConfig
 from draftopd_jax.training import flops, loop, plots, trainer
 
 
-def starting_drafter(config, out: pathlib.Path, model: LoadedModel):
-  """The drafter to post-train: `init_from`, else the result of the SFT warm-up job (run, or
-  resumed, in WORKDIR/sft_warmup)."""
-  path = config.init_from
-  if not path:
-    warmup_dir = out / "sft_warmup"
-    if not (warmup_dir / "drafter" / "drafter.json").is_file():
-      print(f"no SFT drafter given (init_from): SFT warm-up in {warmup_dir}")
-      run_sft(config.warmup, str(warmup_dir))
-    path = warmup_dir / "drafter"
-  drafter, params = load_drafter(path, model.cfg, model.tokenizer)
+def starting_drafter(config, model: LoadedModel):
+  """The drafter to post-train (`init_from`: a zoo name, a drafter checkpoint, or the SFT
+  warm-up's result that `main.py` fills in)."""
+  if not config.init_from:
+    raise UserError("Draft-OPD starts from an SFT drafter: set config.init_from (a drafter "
+                    "checkpoint or zoo name), or leave it empty on the command line for the "
+                    "SFT warm-up in config.warmup")
+  drafter, params = load_drafter(config.init_from, model.cfg, model.tokenizer)
   if not isinstance(drafter, (DFlashDrafter, Eagle3Drafter)):
-    raise UserError(f"{path} holds a {type(drafter).__name__}; Draft-OPD trains DFlash and "
-                    "EAGLE-3 drafters")
+    raise UserError(f"{config.init_from} holds a {type(drafter).__name__}; Draft-OPD trains "
+                    "DFlash and EAGLE-3 drafters")
   return drafter, params
 
 
@@ -75,15 +71,11 @@ def options(config, eos_ids) -> tuple[update_step.RolloutOptions, LossOptions]:
     raise UserError(str(e)) from None
 
 
-def check_step_memory(config, vocab_size: int) -> None:
-  """The update's largest activations: the replay's float32 logits, log-probs and gradients over
-  one block per rollout token, the recorded verify rows (full estimator), the second target pass
-  (random anchors)."""
+def check_step_memory(config, vocab_size: int, k: int) -> None:
+  """The update's largest activations for block size `k`: the replay's float32 logits, log-probs
+  and gradients over one block per rollout token, the recorded verify rows (full estimator), the
+  second target pass (random anchors)."""
   r = config.rollout
-  if config.init_from:
-    k = read_meta(config.init_from)[1]["config"]["block_size"]
-  else:
-    k = config.warmup.drafter.block_size
   blocks = r.batch_size * r.max_new_tokens * (2 if r.anchors == "random" else 1)
   floats = 3 * blocks * k * vocab_size
   if config.loss.estimator == "full":
@@ -119,6 +111,14 @@ def tau_before(run: loop.Run, evaluate) -> tuple[dict, float]:
   return json.loads((run.out / "before.json").read_text()), used_flops
 
 
+def preflight(config, block_size: int) -> None:
+  """The option values and the memory of an update with drafters of `block_size`: checked before
+  an SFT warm-up spends anything."""
+  model = load_model(config.model, dtype=config.dtype)
+  options(config, model.tokenizer.eos_ids)
+  check_step_memory(config, model.cfg.vocab_size, block_size)
+
+
 def run_opd(config, workdir: str | None) -> dict:
   out = pathlib.Path(workdir or config.workdir)
   r, t = config.rollout, config.train
@@ -126,9 +126,9 @@ def run_opd(config, workdir: str | None) -> dict:
   mesh = trainer.training_mesh(config.mesh, config.sharding_rules, r.batch_size)
   model = load_model(config.model, dtype=config.dtype)
   rollout_options, loss_options = options(config, model.tokenizer.eos_ids)
-  check_step_memory(config, model.cfg.vocab_size)
+  drafter, start_params = starting_drafter(config, model)
+  check_step_memory(config, model.cfg.vocab_size, drafter.block_size)
   out.mkdir(parents=True, exist_ok=True)
-  drafter, start_params = starting_drafter(config, out, model)
   pool = prompt_pool(config, model)
   heldout = HeldoutTau(model, tuple(config.heldout.datasets), config.heldout.num_prompts,
                        config.heldout.max_new_tokens, config.data.heldout_fraction)
