@@ -21,7 +21,7 @@ from flax import nnx
 
 from draftopd_jax.models import transformer
 from draftopd_jax.models.config import ModelConfig, check_layer_ids
-from draftopd_jax.models.layers import RMSNorm, SwiGLU, linear
+from draftopd_jax.models.layers import RMSNorm, SwiGLU, attention_probs, linear
 from draftopd_jax.models.rope import apply_rope, inverse_frequencies
 
 
@@ -117,14 +117,13 @@ class DFlashLayer(nnx.Module):
     ctx_scores = jnp.einsum("bnqcgh,bsch->bncgqs", q, ctx_k_BxSxHkvxH,
                             preferred_element_type=jnp.float32) * scale
     before_anchor_BxNxS = jnp.arange(ctx_k_BxSxHkvxH.shape[1]) < anchor_pos_BxN[:, :, None]
-    ctx_scores = jnp.where(before_anchor_BxNxS[:, :, None, None, None], ctx_scores, -jnp.inf)
     blk_scores = jnp.einsum("bnqcgh,bnkch->bncgqk", q, blk_k,
                             preferred_element_type=jnp.float32) * scale
-    probs = jax.nn.softmax(jnp.concatenate([ctx_scores, blk_scores], axis=-1), axis=-1)
-    s = ctx_k_BxSxHkvxH.shape[1]
-    probs = probs.astype(ctx_v_BxSxHkvxH.dtype)
-    out = (jnp.einsum("bncgqs,bsch->bnqcgh", probs[..., :s], ctx_v_BxSxHkvxH)
-           + jnp.einsum("bncgqk,bnkch->bnqcgh", probs[..., s:], blk_v))
+    ctx_probs, blk_probs = attention_probs(
+        [ctx_scores, blk_scores], [before_anchor_BxNxS[:, :, None, None, None], None],
+        ctx_v_BxSxHkvxH.dtype)
+    out = (jnp.einsum("bncgqs,bsch->bnqcgh", ctx_probs, ctx_v_BxSxHkvxH)
+           + jnp.einsum("bncgqk,bnkch->bnqcgh", blk_probs, blk_v))
     x_BxNxKxD = x_BxNxKxD + self.o(out.reshape(b, n, k, cfg.num_heads * cfg.head_dim))
     return x_BxNxKxD + self.mlp(self.mlp_norm(x_BxNxKxD))
 

@@ -17,7 +17,7 @@ from flax import nnx
 
 from draftopd_jax.models import transformer
 from draftopd_jax.models.config import ModelConfig, check_layer_ids
-from draftopd_jax.models.layers import Attention, RMSNorm, SwiGLU, linear
+from draftopd_jax.models.layers import Attention, RMSNorm, SwiGLU, attention_probs, linear
 from draftopd_jax.models.rope import apply_rope, inverse_frequencies
 
 
@@ -151,7 +151,7 @@ def ttt_positions(length: int, step: int) -> dict[str, jax.Array]:
 def ttt_logits(cfg: Eagle3Config, params: dict, target_cfg: ModelConfig, target_params: dict,
                tokens_BxT: jax.Array, features_BxTxFxD: jax.Array, steps: int,
                input_tokens_UxBxT: jax.Array | None = None) -> jax.Array:
-  """Training-time test: draft-vocabulary logits [S, B, T, Vd] of `steps` unrolled draft steps.
+  """Training-time test: draft-vocabulary logits [U, B, T, Vd] of `steps` unrolled draft steps.
 
   Step s at index t is the drafter drafting s steps past t: its input feature is the target's
   fused feature at t (s = 0) or its own hidden state from step s-1 at t, its input token is the
@@ -186,13 +186,13 @@ def ttt_logits(cfg: Eagle3Config, params: dict, target_cfg: ModelConfig, target_
     values.append(v)
     q = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim) * c.head_dim**-0.5
     base = jnp.einsum("btkgh,bskh->bkgts", q, keys[0], preferred_element_type=jnp.float32)
-    base = jnp.where(causal_TxT, base, -jnp.inf)
     own = [jnp.einsum("btkgh,btkh->bkgt", q, k_s, preferred_element_type=jnp.float32)[..., None]
            for k_s in keys[1:]]
-    probs = jax.nn.softmax(jnp.concatenate([base] + own, axis=-1), axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs[..., :t], values[0])
-    for i, v_s in enumerate(values[1:]):
-      out = out + probs[..., t + i].transpose(0, 3, 1, 2)[..., None] * v_s[:, :, :, None, :]
+    base_probs, *own_probs = attention_probs([base] + own, [causal_TxT] + [None] * len(own),
+                                             v.dtype)
+    out = jnp.einsum("bkgts,bskh->btkgh", base_probs, values[0])
+    for p_s, v_s in zip(own_probs, values[1:]):
+      out = out + p_s[..., 0].transpose(0, 3, 1, 2)[..., None] * v_s[:, :, :, None, :]
     hidden_BxTxD = feature_BxTxD + model.attn.o(out.reshape(b, t, c.num_heads * c.head_dim))
     hidden_BxTxD = hidden_BxTxD + model.mlp(model.mlp_norm(hidden_BxTxD))
     all_logits.append(model.lm_head(model.final_norm(hidden_BxTxD)).astype(jnp.float32))

@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from draftopd_jax.models.config import ModelConfig
@@ -24,6 +25,19 @@ class RMSNorm(nnx.Module):
 def linear(d_in: int, d_out: int, bias: bool, cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Linear:
   return nnx.Linear(d_in, d_out, use_bias=bias, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_dtype,
                     rngs=rngs)
+
+
+def attention_probs(scores: list[jax.Array], visible: list[jax.Array | None], dtype
+                    ) -> list[jax.Array]:
+  """One softmax over the keys of several segments (the last axis of each float32 score array),
+  each masked where its `visible` is False (None: all visible); the probabilities per segment, in
+  `dtype`. The target attends to one segment, its KV cache; DFlash blocks to the context and the
+  block; EAGLE-3's training-time test to the sequence and each earlier step's own key. Their
+  score and value contractions stay in the layout each one's cache is kept in."""
+  masked = [s if v is None else jnp.where(v, s, -jnp.inf) for s, v in zip(scores, visible)]
+  probs = jax.nn.softmax(jnp.concatenate(masked, axis=-1), axis=-1).astype(dtype)
+  bounds = np.cumsum([s.shape[-1] for s in scores])[:-1]
+  return jnp.split(probs, bounds, axis=-1)
 
 
 class Attention(nnx.Module):
@@ -80,8 +94,8 @@ class Attention(nnx.Module):
                                 preferred_element_type=jnp.float32) * h**-0.5
     slots_S = jnp.arange(k_cache_BxHkvxSxH.shape[2])
     visible_BxRxS = jnp.repeat(slots_S[None, None, :] <= positions_BxT[:, :, None], groups, axis=1)
-    scores_BxHkvxRxS = jnp.where(visible_BxRxS[:, None], scores_BxHkvxRxS, -jnp.inf)
-    probs_BxHkvxRxS = jax.nn.softmax(scores_BxHkvxRxS, axis=-1).astype(v_cache_BxHkvxSxH.dtype)
+    probs_BxHkvxRxS, = attention_probs([scores_BxHkvxRxS], [visible_BxRxS[:, None]],
+                                       v_cache_BxHkvxSxH.dtype)
     out_BxHkvxRxH = jnp.einsum("bkqs,bksh->bkqh", probs_BxHkvxRxS, v_cache_BxHkvxSxH)
     out_BxTxE = out_BxHkvxRxH.reshape(b, kv, t, groups, h).transpose(0, 2, 1, 3, 4).reshape(
         b, t, cfg.num_heads * h)
