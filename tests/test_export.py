@@ -14,6 +14,7 @@ from safetensors.numpy import load_file, save_file
 from draftopd_jax.errors import UserError
 from draftopd_jax.io import export
 from draftopd_jax.io.import_drafter import import_drafter
+from draftopd_jax.jobs.export import drafter_logits
 from draftopd_jax.io.drafter_checkpoint import save_drafter
 from draftopd_jax.models import ModelConfig, dflash, eagle3, init_params
 from draftopd_jax.models.drafters import DFlashDrafter, Eagle3Drafter
@@ -114,8 +115,8 @@ def test_export_matches_the_written_spec_and_round_trips(tmp_path, fmt, make, se
 
   back, back_params = import_drafter(out, TARGET_CFG, TARGET)
   assert back == drafter
-  np.testing.assert_array_equal(export.drafter_logits(back, back_params, TARGET_CFG, TARGET),
-                                export.drafter_logits(drafter, params, TARGET_CFG, TARGET))
+  np.testing.assert_array_equal(drafter_logits(back, back_params, TARGET_CFG, TARGET),
+                                drafter_logits(drafter, params, TARGET_CFG, TARGET))
 
 
 def test_wrong_format_and_foreign_checkpoints_are_refused(tmp_path):
