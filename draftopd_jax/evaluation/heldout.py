@@ -39,3 +39,8 @@ class HeldoutTau:
         self.model.cfg, target_params, drafter, drafter_params, *batch, self.max_new_tokens,
         self.model.tokenizer.eos_ids) for name, batch in self.batches.items()}
     return {"heldout_tau": float(np.mean(list(taus.values()))), **taus}
+
+
+def format_taus(taus: dict[str, float]) -> str:
+  """"heldout_tau 1.234, humaneval 1.200, ..." for a log line."""
+  return ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in taus.items())

@@ -20,7 +20,7 @@ from draftopd_jax.data.prompts import encode_prompts
 from draftopd_jax.decoding.padding import pad_batch
 from draftopd_jax.decoding import engine
 from draftopd_jax.errors import UserError
-from draftopd_jax.evaluation.heldout import HeldoutTau
+from draftopd_jax.evaluation.heldout import HeldoutTau, format_taus
 from draftopd_jax.io import LoadedModel, load_model
 from draftopd_jax.io.drafter_checkpoint import load_drafter, save_drafter
 from draftopd_jax.jobs import config_check
@@ -160,9 +160,9 @@ def run_opd(config, workdir: str | None) -> dict:
       postfix=lambda m: {"loss": f"{float(m['loss']):.3f}",
                          "rollout_tau": f"{float(m['rollout_tau']):.2f}"},
       evaluate=lambda step, used: tqdm.write(f"step {step}: held-out tau "
-                                             + _format(evaluate(step, used))))
+                                             + format_taus(evaluate(step, used))))
   before, used_flops = tau_before(run, evaluate)
-  print("held-out tau before: " + _format(before))
+  print("held-out tau before: " + format_taus(before))
   used_flops = run.train(hooks, name="opd", rows=batch, steps=t.steps,
                          flops_budget=t.flops_budget, used_flops=used_flops)
   after = evaluate(run.step, used_flops)
@@ -172,11 +172,7 @@ def run_opd(config, workdir: str | None) -> dict:
                model.tokenizer)
   if jax.process_index() == 0:
     plots.opd_curves(out / "metrics.jsonl", out)
-  print("held-out tau before: " + _format(before))
-  print("held-out tau after:  " + _format(after))
+  print("held-out tau before: " + format_taus(before))
+  print("held-out tau after:  " + format_taus(after))
   print(f"drafter saved to {out / 'drafter'}; plots and metrics in {out}")
   return {"before": before, "after": after, "steps": run.step}
-
-
-def _format(taus: dict) -> str:
-  return ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in taus.items())

@@ -20,7 +20,7 @@ from draftopd_jax.data.prompts import encode_prompts
 from draftopd_jax.decoding.padding import pad_batch
 from draftopd_jax.decoding import engine
 from draftopd_jax.errors import UserError
-from draftopd_jax.evaluation.heldout import HeldoutTau
+from draftopd_jax.evaluation.heldout import HeldoutTau, format_taus
 from draftopd_jax.io import LoadedModel, load_model, zoo
 from draftopd_jax.io.drafter_checkpoint import load_drafter, save_drafter
 from draftopd_jax.jobs import config_check
@@ -217,7 +217,7 @@ def run_sft(config, workdir: str | None) -> dict:
   def evaluate(step: int, used_flops: float) -> None:
     taus = heldout(drafter, full_params(run.state.params), run.target_params)
     run.writer.write(step, {**taus, "train_flops": used_flops})
-    tqdm.write(f"step {step}: held-out tau " + _format(taus))
+    tqdm.write(f"step {step}: held-out tau " + format_taus(taus))
     best.offer(step, taus["heldout_tau"], full_params(run.state.params))
 
   hooks = loop.Hooks(
@@ -239,7 +239,3 @@ def run_sft(config, workdir: str | None) -> dict:
   print(f"done: step {run.step}, held-out tau {taus['heldout_tau']:.3f} (best "
         f"{max(best.tau, taus['heldout_tau']):.3f}); drafter saved to {out / 'drafter'}")
   return {"heldout_tau": taus["heldout_tau"], "steps": run.step}
-
-
-def _format(taus: dict) -> str:
-  return ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in taus.items())
