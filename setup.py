@@ -35,7 +35,7 @@ setup(
     ],
     extras_require={
         # torch==2.13.0 is the CPU build available offline; a looser pin pulls a multi-GB CUDA build.
-        "test": ["pytest", "scipy", "torch==2.13.0", "accelerate", *TFDS],
+        "test": ["pytest", "pytest-xdist", "scipy", "torch==2.13.0", "accelerate", *TFDS],
         "tfds": TFDS,
         "tpu": ["jax[tpu]"],
         "gpu": ["jax[cuda12]"],
