@@ -47,12 +47,26 @@ def sft_warmup(config, workdir: str | None) -> str:
   `config.warmup` in WORKDIR/sft_warmup, and starts from its drafter."""
   out = pathlib.Path(workdir or config.workdir) / "sft_warmup"
   if not (out / "drafter" / "drafter.json").is_file():
-    from draftopd_jax.jobs import opd  # here, as every job: `--help` need not load JAX
+    from draftopd_jax.jobs import opd
 
     opd.preflight(config, config.warmup.drafter.block_size)
     print(f"no SFT drafter given (init_from): SFT warm-up in {out}")
     run_job(config.warmup, str(out))
   return str(out / "drafter")
+
+
+def run_config(config, workdir: str | None):
+  """Checks `config` and runs its job (after the SFT warm-up, for Draft-OPD without a drafter);
+  returns what the job returns."""
+  if config.get("mode") not in MODES:
+    raise UserError(f"config.mode={config.get('mode')!r} is not a mode; choose one of "
+                    f"{', '.join(MODES)}")
+  from draftopd_jax.jobs import config_check  # here, as every job: `--help` need not load JAX
+
+  config_check.check(config)
+  if config.mode == "opd" and not config.init_from:
+    config.init_from = sft_warmup(config, workdir)
+  return run_job(config, workdir)
 
 
 def main(argv: list[str]) -> None:
@@ -67,15 +81,7 @@ def main(argv: list[str]) -> None:
       distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     except ValueError as e:
       raise UserError(str(e)) from None
-    if config.get("mode") not in MODES:
-      raise UserError(f"config.mode={config.get('mode')!r} is not a mode; choose one of "
-                      f"{', '.join(MODES)}")
-    from draftopd_jax.jobs import config_check
-
-    config_check.check(config)
-    if config.mode == "opd" and not config.init_from:
-      config.init_from = sft_warmup(config, _WORKDIR.value)
-    run_job(config, _WORKDIR.value)
+    run_config(config, _WORKDIR.value)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -1,13 +1,12 @@
 """Acceptance metrics, drafter checkpoints, prompt sources and the eval job."""
 
 import json
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from inprocess import run_job
 
 from draftopd_jax.data.prompts import is_heldout, mtbench_first_turns, sharegpt_prompts
 from draftopd_jax.decoding.engine import Trace
@@ -68,13 +67,9 @@ def test_mtbench_first_turns():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant,tau", [("oracle", 8.0), ("dflash", None)])
-def test_eval_job_writes_results_and_plots(tmp_path, variant, tau):
-  result = subprocess.run(
-      [sys.executable, "-m", "draftopd_jax.main", f"--config=configs/eval.py:{variant}",
-       "--config.num_prompts=2", "--config.max_new_tokens=24",
-       "--config.datasets=('humaneval', 'mtbench', 'sharegpt')", f"--workdir={tmp_path}"],
-      capture_output=True, text=True, timeout=900)
-  assert result.returncode == 0, result.stderr
+def test_eval_job_writes_results_and_plots(tmp_path, variant, tau, capsys):
+  run_job(f"eval.py:{variant}", tmp_path, num_prompts=2, max_new_tokens=24,
+          datasets=("humaneval", "mtbench", "sharegpt"))
   results = json.loads((tmp_path / "results.json").read_text())
   assert set(results["datasets"]) == {"humaneval", "mtbench", "sharegpt"}
   for r in results["datasets"].values():
@@ -84,4 +79,4 @@ def test_eval_job_writes_results_and_plots(tmp_path, variant, tau):
       assert r["tau"] == tau
   assert (tmp_path / "acceptance_by_position.png").stat().st_size > 1000
   assert (tmp_path / "acceptance_length_hist.png").stat().st_size > 1000
-  assert "speedup" in result.stdout
+  assert "speedup" in capsys.readouterr().out

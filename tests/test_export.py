@@ -4,18 +4,17 @@ config keys, and a round trip (export, import, identical drafter and logits)."""
 import json
 import pathlib
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from inprocess import run_job
 from safetensors.numpy import load_file, save_file
 
 from draftopd_jax.errors import UserError
 from draftopd_jax.io import export
+from draftopd_jax.io.drafter_checkpoint import save_drafter
 from draftopd_jax.io.import_drafter import import_drafter
 from draftopd_jax.jobs.export import drafter_logits
-from draftopd_jax.io.drafter_checkpoint import save_drafter
 from draftopd_jax.models import ModelConfig, dflash, eagle3, init_params
 from draftopd_jax.models.drafters import DFlashDrafter, Eagle3Drafter
 
@@ -137,16 +136,13 @@ def test_wrong_format_and_foreign_checkpoints_are_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_export_job_on_the_real_target(tmp_path, smollm):
+def test_export_job_on_the_real_target(tmp_path, smollm, capsys):
   cfg = dflash.DFlashConfig.for_target(smollm.cfg, num_layers=1, block_size=8, mask_token_id=0)
   save_drafter(tmp_path / "drafter", DFlashDrafter(cfg), dflash.init_params(cfg), smollm.cfg,
                smollm.tokenizer)
-  result = subprocess.run([sys.executable, "-m", "draftopd_jax.main",
-                           "--config=configs/export.py:speculators",
-                           f"--config.drafter={tmp_path / 'drafter'}", f"--workdir={tmp_path / 'out'}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-2000:]
+  result = run_job("export.py:speculators", tmp_path / "out", drafter=str(tmp_path / "drafter"))
+  assert result["format"] == "speculators" and result["max_logit_difference"] == 0.0
   assert re.search(r"speculators format \(round trip: max logit difference 0\.0e\+00\)",
-                   result.stdout)
+                   capsys.readouterr().out)
   config = json.loads((tmp_path / "out" / "config.json").read_text())
   assert config["speculators_config"]["verifier"]["architectures"] == ["LlamaForCausalLM"]

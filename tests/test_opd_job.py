@@ -1,11 +1,10 @@
 """The Draft-OPD job on the real target: SFT warm-up, OPD, tau before/after, checkpoint, plots."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from inprocess import run_job
 
 from draftopd_jax.io.drafter_checkpoint import load_drafter
 from draftopd_jax.models.drafters import DFlashDrafter
@@ -14,15 +13,12 @@ from draftopd_jax.training import trainer
 pytestmark = pytest.mark.slow
 
 
-def test_quick_opd_job(tmp_path, smollm):
+def test_quick_opd_job(tmp_path, smollm, capsys):
   """Also under a FLOPs budget that ends it before its 4 steps, evaluated every 0.2 TFLOP."""
   budget, every = 0.4e12, 0.2e12
-  result = subprocess.run([sys.executable, "-m", "draftopd_jax.main", "--config=configs/opd.py:quick",
-                           f"--workdir={tmp_path}", f"--config.train.flops_budget={budget}",
-                           f"--config.eval_every_flops={every}"],
-                          capture_output=True, text=True, timeout=900)
-  assert result.returncode == 0, result.stderr[-2000:]
-  assert "held-out tau before:" in result.stdout and "held-out tau after:" in result.stdout
+  run_job("opd.py:quick", tmp_path, train__flops_budget=budget, eval_every_flops=every)
+  stdout = capsys.readouterr().out
+  assert "held-out tau before:" in stdout and "held-out tau after:" in stdout
   drafter, _ = load_drafter(tmp_path / "drafter", smollm.cfg)
   assert isinstance(drafter, DFlashDrafter)
   records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]

@@ -2,24 +2,15 @@
 DFlash run and its resumption are tested in test_preemption.py)."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from inprocess import run_job
 
 from draftopd_jax.data.prompts import is_heldout
 from draftopd_jax.io.drafter_checkpoint import load_drafter
 
 pytestmark = pytest.mark.slow
-
-
-def sft(workdir, *overrides, variant="quick"):
-  result = subprocess.run([sys.executable, "-m", "draftopd_jax.main",
-                           f"--config=configs/sft.py:{variant}", f"--workdir={workdir}", *overrides],
-                          capture_output=True, text=True, timeout=900)
-  assert result.returncode == 0, result.stderr[-2000:]
-  return result
 
 
 def tensorboard_scalars(directory) -> dict[str, list[tuple[int, float]]]:
@@ -46,7 +37,7 @@ def test_eagle3_sft_job_on_chat_prompts(tmp_path, smollm):
       {"role": "user", "content": f"Name a city in country number {i}."},
       {"role": "assistant", "content": "Paris."},
       {"role": "user", "content": "Another one?"}]}) + "\n" for i in range(20)))
-  sft(tmp_path, f"--config.data.source={chats}", variant="eagle3_quick")
+  run_job("sft.py:eagle3_quick", tmp_path, data__source=str(chats))
   cached = [json.loads(line) for line in next((tmp_path / "data").glob("*.jsonl")).open()]
   texts = [smollm.tokenizer.decode(r["prompt_ids"]) for r in cached]
   assert len(texts) == 16 and all(t.count("Paris.") == 1 for t in texts)  # whole chats

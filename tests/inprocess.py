@@ -1,0 +1,31 @@
+"""Jobs in the test process: what `python -m draftopd_jax.main --config=configs/FILE[:VARIANT]
+--config.KEY=VALUE ... --workdir=DIR` runs, without a process start, so tests share its imports,
+traced functions and compiled programs. The CLI itself (flags, one-line errors, exit codes,
+signals, several processes) is tested with real processes in test_cli.py, test_hardening.py and
+test_preemption.py."""
+
+import pathlib
+import runpy
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def job_config(config: str, **overrides):
+  """`configs/<config>` (FILE or FILE:VARIANT) with dotted overrides (`train__steps=3` for
+  `--config.train.steps=3`), locked as the command line leaves it."""
+  file, _, variant = config.partition(":")
+  c = runpy.run_path(str(ROOT / "configs" / file))["get_config"](variant or None)
+  for key, value in overrides.items():
+    *parents, leaf = key.split("__")
+    node = c
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return c
+
+
+def run_job(config: str, workdir, **overrides):
+  """Runs the job as `main.py` does once its flags are parsed; returns what the job returns."""
+  from draftopd_jax import main
+
+  return main.run_config(job_config(config, **overrides), str(workdir))
