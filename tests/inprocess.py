@@ -11,7 +11,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def job_config(config: str, **overrides):
-  """`configs/<config>` (FILE or FILE:VARIANT) with dotted overrides (`train__steps=3` for
+  """`configs/<config>` (FILE or FILE:VARIANT) with overrides, `__` for a dot (`train__steps=3` for
   `--config.train.steps=3`), locked as the command line leaves it."""
   file, _, variant = config.partition(":")
   c = runpy.run_path(str(ROOT / "configs" / file))["get_config"](variant or None)

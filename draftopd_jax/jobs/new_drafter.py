@@ -11,7 +11,7 @@ from draftopd_jax.models import ModelConfig, dflash, eagle3
 from draftopd_jax.models.drafters import DFlashDrafter, Eagle3Drafter
 
 
-def drafter_config(c, target_cfg) -> dflash.DFlashConfig | eagle3.Eagle3Config:
+def drafter_config(c, target_cfg: ModelConfig) -> dflash.DFlashConfig | eagle3.Eagle3Config:
   """The config of a new drafter of `c.kind` (`config.drafter`), checked against the target."""
   if c.kind not in ("dflash", "eagle3"):
     raise UserError(f"config.drafter.kind={c.kind!r}; choose dflash or eagle3")
