@@ -128,7 +128,8 @@ def build(config, root: str | pathlib.Path, model: LoadedModel | None = None) ->
       start = time.perf_counter()
       ids, prompts = zip(*batch)
       responses, slots = generate_shard(model, list(prompts), settings, d.regen_batch_size,
-                                        d.continuous_batching, bar, seed=config.seed + done, split=split)
+                                        d.continuous_batching, bar, seed=config.seed + done,
+                                        split=split)
       seconds = time.perf_counter() - start
       if writer:
         corpus.add_shard(Shard(list(ids), list(prompts), responses),
