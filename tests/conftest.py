@@ -16,6 +16,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # a clean clone starts empty; set JAX_COMPILATION_CACHE_DIR to put it elsewhere.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(ROOT / ".jax_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+  # Two test processes share the cores. Oversubscribed, torch's thread pool is slow: transformers
+  # took 24-25 s for 40 greedy tokens with 2 threads and 4-5 s with one, beside other work.
+  os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 # The longest files (measured: minutes each, on 2 cores), started first: `--dist loadfile` hands
@@ -87,10 +91,13 @@ def smollm_path() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
-def smollm(tmp_path_factory):
+def smollm():
+  """The real target through the user's conversion cache, as the jobs the tests start load it:
+  the GGUF is converted once per machine, not once per test process (the cache's own behaviour
+  is tested in test_real_model.py)."""
   from draftopd_jax.io import load_model
 
-  return load_model("smollm2-135m-instruct", cache_dir=tmp_path_factory.mktemp("cache"))
+  return load_model("smollm2-135m-instruct")
 
 
 @pytest.fixture(scope="session")

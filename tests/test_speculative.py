@@ -1,6 +1,8 @@
 """Speculative decoding on tiny random models: lossless greedy and sampling, the trace against a
 slow re-implementation, and the DFlash block mask."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -84,21 +86,37 @@ SMALL_PARAMS = jax.tree.map(lambda x: x * 2, init_params(SMALL, seed=5))
 SMALL_PROMPTS = [[1, 2, 3, 4, 0], [5, 1]]
 
 
-def slow_dflash_rollout(drafter, params, prompt, steps):
+@functools.partial(jax.jit, static_argnums=1)
+def _whole_forward(tokens_1xW, layer_ids):
+  width = tokens_1xW.shape[1]
+  return forward(SMALL, SMALL_PARAMS, tokens_1xW, jnp.arange(width)[None],
+                 KVCache.create(SMALL, 1, width), layer_ids)
+
+
+_write_context = jax.jit(dflash.write_context, static_argnums=0)
+_block_logits = jax.jit(dflash.block_logits, static_argnums=(0, 2))
+
+
+def slow_dflash_rollout(drafter, params, prompt, steps, width=48):
   """Greedy DFlash speculative decoding with every pass recomputed from scratch."""
   cfg, k = drafter.cfg, drafter.block_size
-  full = lambda toks: forward(SMALL, SMALL_PARAMS, jnp.asarray([toks]), jnp.arange(len(toks))[None],
-                              KVCache.create(CFG, 1, len(toks)), cfg.target_layer_ids)
+
+  def full(toks):  # padded at the end to one width (one compilation); causal: no effect before
+    padded = np.zeros((1, width), np.int32)
+    padded[0, :len(toks)] = toks
+    out = _whole_forward(jnp.asarray(padded), cfg.target_layer_ids)
+    return out.replace(logits_BxTxV=out.logits_BxTxV[:, :len(toks)])
+
   seq = list(prompt)
   seq.append(int(jnp.argmax(full(seq).logits_BxTxV[0, -1])))
   records = []
   for _ in range(steps):
     anchor = len(seq) - 1
     features = full(seq).hidden_BxTxFxD[:, :anchor]
-    cache = dflash.write_context(cfg, params, dflash.ContextCache.create(cfg, 1, 64), features,
-                                 jnp.arange(anchor)[None])
-    logits = dflash.block_logits(cfg, params, SMALL, SMALL_PARAMS, jnp.asarray([[seq[-1]]]),
-                                 jnp.asarray([[anchor]]), cache)
+    cache = _write_context(cfg, params, dflash.ContextCache.create(cfg, 1, 64), features,
+                           jnp.arange(anchor)[None])
+    logits = _block_logits(cfg, params, SMALL, SMALL_PARAMS, jnp.asarray([[seq[-1]]]),
+                           jnp.asarray([[anchor]]), cache)
     proposals = [int(t) for t in jnp.argmax(logits[0, 0, 1:], -1)]
     verify_logits = full(seq + proposals).logits_BxTxV[0, anchor:]
     target = [int(t) for t in jnp.argmax(verify_logits, -1)]

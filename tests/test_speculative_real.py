@@ -14,14 +14,14 @@ from draftopd_jax.models import dflash, eagle3
 from draftopd_jax.models.drafters import DFlashDrafter, Eagle3Drafter, Oracle
 
 pytestmark = pytest.mark.slow
-K, NEW = 8, 64
+K, NEW = 8, 40
 
 
 @pytest.fixture(scope="module")
 def batch(smollm):
-  """12 chat prompts of mixed lengths (HumanEval and ShareGPT), left-padded in one batch."""
-  texts = [p["prompt"] for p in list(read_problems().values())[:6]]
-  texts += [c["conversations"][0]["value"][:400] for c in sharegpt_conversations(40)[::6][:6]]
+  """6 chat prompts of mixed lengths (HumanEval and ShareGPT), left-padded in one batch."""
+  texts = [p["prompt"] for p in list(read_problems().values())[:3]]
+  texts += [c["conversations"][0]["value"][:400] for c in sharegpt_conversations(40)[::6][:3]]
   return pad_batch(encode_prompts(smollm, texts, chat_template=True), smollm.tokenizer.pad_id,
                    left=True)
 
