@@ -18,7 +18,8 @@ def test_ttt_steps_equal_teacher_forced_inference_drafting():
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, CFG.vocab_size, (2, t)))
   features = forward(CFG, PARAMS, tokens, jnp.broadcast_to(jnp.arange(t), (2, t)),
                      KVCache.create(CFG, 2, t), E_CFG.target_layer_ids).hidden_BxTxFxD
-  ttt = eagle3.ttt_logits(E_CFG, E_PARAMS, CFG, PARAMS, tokens, features, steps)
+  ttt = jax.jit(eagle3.ttt_logits, static_argnums=(0, 2, 6))(E_CFG, E_PARAMS, CFG, PARAMS, tokens,
+                                                              features, steps)
   assert ttt.shape == (steps, 2, t, E_CFG.draft_vocab_size)
 
   for anchor in (3, 7):
@@ -59,15 +60,18 @@ def test_eagle3_ttt_loss_trains():
   d2t = jnp.asarray(eagle3.build_draft_vocab(np.bincount(np.asarray(tokens).ravel(), minlength=61), 40))
   params = {"model": E_PARAMS, "d2t": d2t}
 
+  @jax.jit
   def loss(model):
     return eagle3_loss.loss_fn({"model": model, "d2t": d2t}, E_CFG, CFG, PARAMS, tokens, mask,
                               steps=3)[0]
+
+  grad = jax.jit(jax.grad(loss))
 
   opt = optax.adam(1e-2)
   model, state = params["model"], opt.init(params["model"])
   first = float(loss(model))
   for _ in range(30):
-    grads = jax.grad(loss)(model)
+    grads = grad(model)
     updates, state = opt.update(grads, state)
     model = optax.apply_updates(model, updates)
   assert float(loss(model)) < 0.7 * first
