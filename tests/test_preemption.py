@@ -1,7 +1,8 @@
 """Preemption, crashes and multi-process runs of the real target's quick SFT job, on cached
 target features (the online path is the EAGLE-3 job's and the NaN test's): SIGTERM checkpoints
-and exits with the requeue code, kill -9 and a damaged latest checkpoint resume to the
-uninterrupted result, and two processes train as one."""
+and exits with the requeue code, kill -9 and damaged latest checkpoints resume to the
+uninterrupted result, and two processes train as one. The runs after the first share its
+regenerated responses (and, but for the two-process run, its feature cache)."""
 
 import json
 import os
@@ -23,13 +24,18 @@ from draftopd_jax.training import preemption
 
 pytestmark = pytest.mark.slow
 
-STEPS = 12  # long enough that a signal sent after the first step lands mid-run
+# Long enough that a signal sent after the first step lands mid-run. The quick config saves every
+# 2 steps and keeps 3: 4, 6 and 8, so 2 can be damaged and one stays intact.
+STEPS = 8
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def command(workdir: pathlib.Path) -> list[str]:
+  # Held-out tau only at the start and the end, on 1 prompt and 4 tokens: it is logged and saved
+  # as in a full run, but its value is not what these tests check (it took a third of a job).
   return [sys.executable, "-m", "draftopd_jax.main", "--config=configs/sft.py:quick",
           f"--workdir={workdir}", f"--config.train.steps={STEPS}", "--config.eval_every=100",
+          "--config.heldout.num_prompts=1", "--config.heldout.max_new_tokens=4",
           "--config.data.feature_cache=True", f"--config.data.feature_cache_dir={workdir}/features"]
 
 
@@ -43,9 +49,12 @@ def run(workdir: pathlib.Path) -> subprocess.CompletedProcess:
   return subprocess.run(command(workdir), capture_output=True, text=True, timeout=900)
 
 
-def start(workdir: pathlib.Path, data: pathlib.Path | None = None) -> subprocess.Popen:
-  if data is not None:
-    shutil.copytree(data, workdir / "data")  # the regenerated responses, as the reference's
+def copy(source: pathlib.Path, workdir: pathlib.Path, *names: str) -> None:
+  for name in names:
+    shutil.copytree(source / name, workdir / name)
+
+
+def start(workdir: pathlib.Path) -> subprocess.Popen:
   return subprocess.Popen(command(workdir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -107,7 +116,8 @@ def test_sigterm_then_kill_9_resume_to_the_uninterrupted_result(tmp_path, refere
   job resumes there and is killed with SIGKILL after its next checkpoint. Restarted again, it
   finishes with the uninterrupted run's drafter, bit for bit."""
   ref_dir, ref_params = reference
-  job = start(tmp_path, ref_dir / "data")
+  copy(ref_dir, tmp_path, "data", "features")
+  job = start(tmp_path)
   wait_for(lambda: logged_steps(tmp_path), job)
   job.send_signal(signal.SIGTERM)
   _, stderr = job.communicate(timeout=600)
@@ -127,36 +137,37 @@ def test_sigterm_then_kill_9_resume_to_the_uninterrupted_result(tmp_path, refere
   assert_same_drafter(tmp_path, ref_params, smollm.cfg)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "corrupt"])
-def test_a_damaged_latest_checkpoint_is_skipped(tmp_path, reference, smollm, damage):
+def test_damaged_latest_checkpoints_are_skipped(tmp_path, reference, smollm):
+  """The latest checkpoint's files truncated, the one before's corrupted: both are skipped with a
+  warning, and the job resumes from the third and ends with the uninterrupted run's drafter."""
   ref_dir, ref_params = reference
-  shutil.copytree(ref_dir / "data", tmp_path / "data")
-  shutil.copytree(ref_dir / "checkpoints", tmp_path / "checkpoints")
-  latest, previous = saved_steps(tmp_path)[-1], saved_steps(tmp_path)[-2]
-  files = [p for p in (tmp_path / "checkpoints" / str(latest) / "state").rglob("*")
-           if p.is_file() and p.stat().st_size > 0]
-  for path in files:
-    blob = path.read_bytes()
-    path.write_bytes(blob[:len(blob) // 2] if damage == "truncate"
-                     else bytes(b ^ 0x5A for b in blob))
+  copy(ref_dir, tmp_path, "data", "features", "checkpoints")
+  *_, intact, corrupted, truncated = saved_steps(tmp_path)
+  for step, damage in ((truncated, lambda blob: blob[:len(blob) // 2]),
+                       (corrupted, lambda blob: bytes(b ^ 0x5A for b in blob))):
+    for path in (tmp_path / "checkpoints" / str(step) / "state").rglob("*"):
+      if path.is_file() and path.stat().st_size > 0:
+        path.write_bytes(damage(path.read_bytes()))
   resumed = run(tmp_path)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
-  assert f"warning: checkpoint {latest} " in resumed.stderr
-  assert f"resumed from step {previous}" in resumed.stdout
+  assert f"warning: checkpoint {truncated} " in resumed.stderr
+  assert f"warning: checkpoint {corrupted} " in resumed.stderr
+  assert f"resumed from step {intact}" in resumed.stdout
   assert_same_drafter(tmp_path, ref_params, smollm.cfg)
 
 
 def test_two_process_job_equals_one_process(tmp_path, reference, smollm):
   """The same job as 2 processes (1 CPU device each, gloo over loopback): each feeds its half of
-  every batch, process 0 alone writes metrics, and the drafter equals the 1-process run's."""
+  every batch, process 0 alone writes metrics, and the drafter equals the 1-process run's. The
+  suite's end-to-end test of multi-process SFT (test_multidevice.py's two processes run OPD)."""
   ref_dir, ref_params = reference
-  shutil.copytree(ref_dir / "data", tmp_path / "data")
+  copy(ref_dir, tmp_path, "data")  # not the features: process 0 builds them, the other waits
   flags = command(tmp_path)[4:]  # the job's flags after --config
   result = subprocess.run(["bash", "launch/local.sh", "--processes", "2", "--devices", "1",
                            "--port", str(free_port()), "configs/sft.py:quick", *flags], cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert result.stdout.count("done: step 12") == 2  # both processes finished the job
+  assert result.stdout.count(f"done: step {STEPS}") == 2  # both processes finished the job
   params = load_drafter(tmp_path / "drafter", smollm.cfg)[1]
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), params, ref_params)
   assert logged_steps(tmp_path) == logged_steps(ref_dir)  # one writer: no duplicated lines
