@@ -14,7 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-from inprocess import run_job
+from inprocess import TINY_HELDOUT, run_job
 from test_cli import ROOT, assert_one_line_error, assert_refused, run_cli
 
 from draftopd_jax.errors import UserError
@@ -143,7 +143,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, smollm):
 
   with pytest.raises(UserError, match="^loss became nan .* last good checkpoint is kept"):
     run_job("sft.py:quick", tmp_path, train__learning_rate=1e30, train__steps=12,
-            data__num_prompts=4, train__warmup_steps=1)
+            data__num_prompts=4, train__warmup_steps=1, **TINY_HELDOUT)
   checkpointer = Checkpointer(tmp_path / "checkpoints")
   steps = checkpointer.manager.all_steps()
   assert steps and max(steps) < 12

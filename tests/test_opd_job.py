@@ -6,7 +6,7 @@ import pathlib
 
 import numpy as np
 import pytest
-from inprocess import job_config, run_job
+from inprocess import TINY_HELDOUT, job_config, run_job
 
 from draftopd_jax import main
 from draftopd_jax.io.drafter_checkpoint import load_drafter, save_drafter
@@ -43,7 +43,8 @@ def test_quick_opd_job(tmp_path, smollm, capsys):
   save_drafter(tmp_path / "sft_warmup" / "drafter", *new_drafter(warmup.drafter, smollm.cfg, 0, None),
                smollm.cfg, smollm.tokenizer)
   budget, every = 0.4e12, 0.2e12
-  run_job("opd.py:quick", tmp_path, train__flops_budget=budget, eval_every_flops=every)
+  run_job("opd.py:quick", tmp_path, train__flops_budget=budget, eval_every_flops=every,
+          **TINY_HELDOUT)
   stdout = capsys.readouterr().out
   assert "held-out tau before:" in stdout and "held-out tau after:" in stdout
   drafter, _ = load_drafter(tmp_path / "drafter", smollm.cfg)

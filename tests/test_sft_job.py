@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from inprocess import run_job
+from inprocess import TINY_HELDOUT, run_job
 
 from draftopd_jax.data.prompts import is_heldout
 from draftopd_jax.io.drafter_checkpoint import load_drafter
@@ -37,7 +37,7 @@ def test_eagle3_sft_job_on_chat_prompts(tmp_path, smollm):
       {"role": "user", "content": f"Name a city in country number {i}."},
       {"role": "assistant", "content": "Paris."},
       {"role": "user", "content": "Another one?"}]}) + "\n" for i in range(20)))
-  run_job("sft.py:eagle3_quick", tmp_path, data__source=str(chats))
+  run_job("sft.py:eagle3_quick", tmp_path, data__source=str(chats), **TINY_HELDOUT)
   cached = [json.loads(line) for line in next((tmp_path / "data").glob("*.jsonl")).open()]
   texts = [smollm.tokenizer.decode(r["prompt_ids"]) for r in cached]
   assert len(texts) == 16 and all(t.count("Paris.") == 1 for t in texts)  # whole chats
