@@ -1,6 +1,8 @@
 """Each DFlash recipe option changes exactly what it names: feature taps, the drafter's own final
 norm, slot decay; and drafters saved before an option existed load and behave as before."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,6 +22,7 @@ def drafter(**options):
   return cfg, dflash.init_params(cfg, seed=2)
 
 
+@functools.partial(jax.jit, static_argnums=0)  # compiled once per config, not run op by op
 def logits(cfg, params):
   tokens = jnp.asarray([[3, 9, 27, 14, 5, 41, 8, 30]])
   t = tokens.shape[1]
