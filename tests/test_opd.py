@@ -197,6 +197,9 @@ def eagle3_params(seed=1):
   return {"model": eagle3.init_params(E_CFG, seed), "d2t": jnp.asarray(d2t)}
 
 
+_eagle3_step = jax.jit(eagle3.step, static_argnums=(0, 2))  # one compilation, not op by op
+
+
 def test_eagle3_replay_feeds_the_drafters_own_proposals():
   """Replayed EAGLE-3 log-probs at each recorded anchor equal the chain the drafter ran in the
   rollout (observe's first proposal, then its own proposals fed back)."""
@@ -216,8 +219,8 @@ def test_eagle3_replay_feeds_the_drafters_own_proposals():
         state.drafter_state["cache"]
     chain = []
     for offset in range(E_CFG.block_size - 2):
-      hidden3, logits, cache = eagle3.step(E_CFG, params["model"], CFG, TARGET, token[:, None],
-                                           hidden[:, None], (anchor_B + offset)[:, None], cache)
+      hidden3, logits, cache = _eagle3_step(E_CFG, params["model"], CFG, TARGET, token[:, None],
+                                            hidden[:, None], (anchor_B + offset)[:, None], cache)
       chain.append(jax.nn.log_softmax(logits[:, 0]))
       token, hidden = params["d2t"][jnp.argmax(logits[:, 0], -1)], hidden3[:, 0]
     for row in np.flatnonzero(~np.asarray(state.done_B)):
