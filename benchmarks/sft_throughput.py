@@ -1,7 +1,9 @@
 """Labelled tokens per second of DFlash SFT on this machine: the target online (its forward in
-every step) against the feature cache (sft/feature_cache.py), at several anchor counts.
+every step) against the feature cache (sft/feature_cache.py), at several anchor counts, and with
+the cache, the loss's softmax over the whole vocabulary against the most frequent tokens only
+(`train.loss_vocab_size`).
 
-  python benchmarks/sft_throughput.py [--runs 3] [--anchors 16,48] [--batch 4]
+  python benchmarks/sft_throughput.py [--runs 3] [--anchors 16,48] [--batch 4] [--loss-vocab 16384]
 
 Examples: the committed corpus (corpora/), prompt + response up to 512 tokens. The drafter:
 configs/sft.py's recipe. A labelled token is one trained (anchor, slot) pair. Settings alternate
@@ -18,6 +20,7 @@ import tempfile
 import time
 
 import jax
+import numpy as np
 from side_by_side import interleaved_medians
 
 from draftopd_jax.data.regeneration import load_corpus
@@ -36,6 +39,8 @@ def main() -> None:
   parser.add_argument("--runs", type=int, default=3)
   parser.add_argument("--anchors", default="16,48")
   parser.add_argument("--batch", type=int, default=4)
+  parser.add_argument("--loss-vocab", type=int, default=16384,
+                      help="the restricted loss vocabulary to compare (0: none)")
   args = parser.parse_args()
   config = runpy.run_path(str(ROOT / "configs" / "sft.py"))["get_config"]()
   corpus_config = runpy.run_path(str(ROOT / "configs" / "corpus.py"))["get_config"]()
@@ -51,11 +56,16 @@ def main() -> None:
                                 cache_dir, show_progress=False)
     build_seconds = time.perf_counter() - started  # compilation included: an upper bound
 
-    def contender(num_anchors: int, cached: bool):
+    counts = sum(np.bincount(e.response_ids, minlength=model.cfg.vocab_size)
+                 for e in load_corpus(ROOT / corpus_config.data.corpus, model).examples(None))
+
+    def contender(num_anchors: int, cached: bool, loss_vocab: int = 0):
       optimizer = trainer.make_optimizer(1e-4, 10, 1000)
       step = jax.jit(dflash_loss.step_fn(cfg=drafter_cfg, target_cfg=model.cfg,
                                             optimizer=optimizer, num_anchors=num_anchors,
-                                            gamma=config.train.gamma, distill=False),
+                                            gamma=config.train.gamma, distill=False,
+                                            vocab_ids_Vs=dflash_loss.loss_vocabulary(
+                                                counts, loss_vocab)),
                      donate_argnums=0)
       box = {"state": trainer.init_state(dflash.init_params(drafter_cfg), optimizer, 0), "at": 0}
 
@@ -69,8 +79,12 @@ def main() -> None:
         return int(metrics["tokens"])
       return one_step
 
+    anchors = list(map(int, args.anchors.split(",")))
     contenders = {f"{'cached' if cached else 'online'}_{n}": contender(n, cached)
-                  for n in map(int, args.anchors.split(",")) for cached in (False, True)}
+                  for n in anchors for cached in (False, True)}
+    if args.loss_vocab:
+      contenders |= {f"cached_{n}_vocab{args.loss_vocab}": contender(n, True, args.loss_vocab)
+                     for n in anchors}
     rates = interleaved_medians(contenders, args.runs)
   tokens = cache.manifest["tokens"]
   print(json.dumps({"labelled_tokens_per_s": {k: round(v, 1) for k, v in rates.items()},

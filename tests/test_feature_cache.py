@@ -70,12 +70,27 @@ def test_a_stopped_build_resumes_to_the_same_cache(tmp_path, monkeypatch):
 
 
 def test_other_examples_taps_or_lengths_get_their_own_cache(tmp_path):
-  roots = {build(tmp_path).root,
-           build(tmp_path, examples=EXAMPLES[:-1]).root,
-           build(tmp_path, layer_ids=(1, 2)).root,
-           build(tmp_path, seq_len=16).root}
+  roots = {tuple(build(tmp_path).roots),
+           tuple(build(tmp_path, examples=EXAMPLES[:-1]).roots),
+           tuple(build(tmp_path, layer_ids=(1, 2)).roots),
+           tuple(build(tmp_path, seq_len=16).roots)}
   assert len(roots) == 4
-  assert build(tmp_path).root in roots  # the same settings find the same cache
+  assert tuple(build(tmp_path).roots) in roots  # the same settings find the same cache
+
+
+def test_a_growing_corpus_adds_chunks_and_keeps_the_ones_it_has(tmp_path, monkeypatch):
+  whole = build(tmp_path / "one_chunk").batch(range(len(EXAMPLES)), SEQ_LEN)
+  monkeypatch.setattr(feature_cache, "CHUNK", 3)
+  first = build(tmp_path / "chunks", examples=EXAMPLES[:4])
+  kept = (first.roots[0] / "features.npy").stat().st_mtime_ns
+  grown = build(tmp_path / "chunks")
+  assert len(grown.roots) == 3 and grown.roots[0] == first.roots[0]
+  assert (grown.roots[0] / "features.npy").stat().st_mtime_ns == kept  # not rebuilt
+  assert grown.roots[1] != first.roots[1]  # that chunk changed: 1 example, then 3
+  assert grown.manifest["examples"] == len(EXAMPLES)
+  # the same features, up to bfloat16 rounding of batches padded to other widths
+  np.testing.assert_allclose(grown.batch(range(len(EXAMPLES)), SEQ_LEN).astype(np.float32),
+                             whole.astype(np.float32), rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("distill", [False, True])

@@ -10,7 +10,7 @@ import pytest
 from draftopd_jax.decoding.padding import pad_batch
 from draftopd_jax.decoding import engine
 from draftopd_jax.evaluation.heldout import heldout_tau
-from draftopd_jax.models import ModelConfig, dflash, init_params
+from draftopd_jax.models import ModelConfig, dflash, init_params, transformer
 from draftopd_jax.models.drafters import DFlashDrafter
 from draftopd_jax.parallel import sharding
 from draftopd_jax.sft import data, dflash_loss
@@ -156,3 +156,39 @@ def test_a_final_lr_fraction_of_one_is_a_constant_rate_after_warmup():
     sizes.append(float(-updates["w"][0]))
   np.testing.assert_allclose(sizes[2:], 1e-2, rtol=1e-4)
   assert sizes[0] == 0.0 and 0 < sizes[1] < 1e-2
+
+
+@pytest.mark.parametrize("distill", [False, True])
+def test_loss_vocabulary_restricts_the_softmax_and_skips_labels_outside(distill):
+  """Over the whole vocabulary the restricted loss is the plain one; over part of it, it is the
+  plain loss of logits renormalised over that part (student and teacher alike), with labels
+  outside it dropped."""
+  cfg = dflash.DFlashConfig.for_target(CFG, num_layers=1, block_size=3, mask_token_id=52)
+  params = dflash.init_params(cfg)
+  tokens, mask = data.to_batch([data.Example((1, 2, 3), (4, 5, 6, 7, 8, 9))] * 2, 10, 0)
+  args = (params, cfg, CFG, PARAMS, jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(1))
+  loss = lambda vocab: dflash_loss.loss_fn(*args, num_anchors=4, gamma=2.0, distill=distill,
+                                           vocab_ids_Vs=vocab)
+  plain, plain_metrics = loss(None)
+  whole, whole_metrics = loss(jnp.arange(CFG.vocab_size))
+  np.testing.assert_allclose(whole, plain, rtol=1e-6)
+  np.testing.assert_array_equal(whole_metrics["accuracy_by_slot"],
+                                plain_metrics["accuracy_by_slot"])
+  counts = np.bincount([4, 5, 6, 7, 8, 9, 9, 8, 7, 6], minlength=CFG.vocab_size)
+  part = dflash_loss.loss_vocabulary(counts, 20)  # the labels and 14 other ids
+  assert len(part) == 20 and {4, 5, 6, 7, 8, 9} <= set(part.tolist())
+  restricted, metrics = loss(jnp.asarray(part))
+  assert int(metrics["tokens"]) == int(plain_metrics["tokens"])
+  assert float(restricted) < float(plain)  # fewer tokens share the probability
+  without_9 = np.setdiff1d(part, [9])
+  assert int(loss(jnp.asarray(without_9))[1]["tokens"]) < int(metrics["tokens"])
+  assert dflash_loss.loss_vocabulary(counts, 0) is None
+
+
+def test_lm_head_over_part_of_the_vocabulary_is_a_slice_of_the_whole():
+  x = jax.random.normal(jax.random.key(0), (2, 3, CFG.hidden_size))
+  ids = jnp.asarray([0, 7, 52, 3])
+  for cfg in (CFG, CFG.replace(tie_embeddings=True)):
+    head = transformer.bind(cfg, init_params(cfg, seed=1))
+    np.testing.assert_allclose(head.lm_head_logits(x, ids), head.lm_head_logits(x)[..., ids],
+                               rtol=1e-5, atol=1e-5)

@@ -7,8 +7,8 @@ A block sees the context strictly before its anchor and, bidirectionally, its ow
 goes through the drafter's own final norm (as in the reference; older drafters use the target's)
 and the target's LM head (shared, frozen, never copied).
 
-`block_logits` serves inference (one block per sequence) and training (many blocks per sequence,
-each with its own anchor) alike.
+`proposal_logits` serves inference (one block per sequence) and training (many blocks per
+sequence, each with its own anchor) alike; `block_logits` adds the anchor slot's.
 """
 
 import dataclasses
@@ -199,6 +199,22 @@ def write_context(cfg: DFlashConfig, params: dict, cache: ContextCache,
   return ContextCache(write(cache.k_LxBxSxHkvxH, k_new), write(cache.v_LxBxSxHkvxH, v_new))
 
 
+def block_states(cfg: DFlashConfig, params: dict, target_cfg: ModelConfig, target_params: dict,
+                 anchor_tokens_BxN: jax.Array, anchor_pos_BxN: jax.Array,
+                 cache: ContextCache) -> jax.Array:
+  """The drafter's final-normed output [B, N, K, D] for N blocks per sequence, block n anchored
+  at `anchor_pos_BxN[:, n]`: the target's LM head turns it into `block_logits`."""
+  b, n = anchor_tokens_BxN.shape
+  k = cfg.block_size
+  tokens_BxNxK = jnp.concatenate(
+      [anchor_tokens_BxN[..., None], jnp.full((b, n, k - 1), cfg.mask_token_id, jnp.int32)], -1)
+  target = transformer.bind(target_cfg, target_params)
+  drafter = nnx.merge(_graph(cfg), params)
+  x_BxNxKxD = drafter(target.embed(tokens_BxNxK), anchor_pos_BxN, cache.k_LxBxSxHkvxH,
+                      cache.v_LxBxSxHkvxH)
+  return (drafter.final_norm if cfg.own_final_norm else target.final_norm)(x_BxNxKxD)
+
+
 def block_logits(cfg: DFlashConfig, params: dict, target_cfg: ModelConfig, target_params: dict,
                  anchor_tokens_BxN: jax.Array, anchor_pos_BxN: jax.Array,
                  cache: ContextCache) -> jax.Array:
@@ -206,14 +222,17 @@ def block_logits(cfg: DFlashConfig, params: dict, target_cfg: ModelConfig, targe
 
   Slot k's logits predict the token at anchor + k (slot 0's are unused by decoding).
   """
-  b, n = anchor_tokens_BxN.shape
-  k = cfg.block_size
-  tokens_BxNxK = jnp.concatenate(
-      [anchor_tokens_BxN[..., None], jnp.full((b, n, k - 1), cfg.mask_token_id, jnp.int32)], -1)
-  target = transformer.bind(target_cfg, target_params)
-  x_BxNxKxD = target.embed(tokens_BxNxK)
-  drafter = nnx.merge(_graph(cfg), params)
-  x_BxNxKxD = drafter(x_BxNxKxD, anchor_pos_BxN, cache.k_LxBxSxHkvxH, cache.v_LxBxSxHkvxH)
-  if cfg.own_final_norm:
-    return target.lm_head_logits(drafter.final_norm(x_BxNxKxD))
-  return target.logits(x_BxNxKxD)
+  states_BxNxKxD = block_states(cfg, params, target_cfg, target_params, anchor_tokens_BxN,
+                                anchor_pos_BxN, cache)
+  return transformer.bind(target_cfg, target_params).lm_head_logits(states_BxNxKxD)
+
+
+def proposal_logits(cfg: DFlashConfig, params: dict, target_cfg: ModelConfig, target_params: dict,
+                    anchor_tokens_BxN: jax.Array, anchor_pos_BxN: jax.Array, cache: ContextCache,
+                    vocab_ids_Vs: jax.Array | None = None) -> jax.Array:
+  """`block_logits` of slots 1..K-1 only, [B, N, K-1, V] (the anchor slot is never proposed, so
+  the LM head skips it); over the tokens `vocab_ids_Vs` only when given (a training loss)."""
+  states_BxNxKxD = block_states(cfg, params, target_cfg, target_params, anchor_tokens_BxN,
+                                anchor_pos_BxN, cache)
+  return transformer.bind(target_cfg, target_params).lm_head_logits(states_BxNxKxD[:, :, 1:],
+                                                                    vocab_ids_Vs)

@@ -108,9 +108,9 @@ class DFlashDrafter(_ConfiguredDrafter):
 
   def propose(self, params, target: Target, cache, tokens_BxS, anchor_pos_B):
     anchors_Bx1 = gather_positions(tokens_BxS, anchor_pos_B[:, None])
-    logits_Bx1xKxV = dflash.block_logits(self.cfg, params, *target, anchors_Bx1,
-                                         anchor_pos_B[:, None], cache)
-    return jnp.argmax(logits_Bx1xKxV[:, 0, 1:], axis=-1).astype(jnp.int32), cache
+    logits_Bx1xK1xV = dflash.proposal_logits(self.cfg, params, *target, anchors_Bx1,
+                                             anchor_pos_B[:, None], cache)
+    return jnp.argmax(logits_Bx1xK1xV[:, 0], axis=-1).astype(jnp.int32), cache
 
   def observe(self, params, target, cache, tokens_BxS, positions_BxT, features_BxTxFxD,
               anchor_pos_B):

@@ -133,8 +133,14 @@ class Transformer(nnx.Module):
     """Final norm and LM head (fp32 logits); the DFlash drafter reuses them as they are."""
     return self.lm_head_logits(self.final_norm(x_BxTxD))
 
-  def lm_head_logits(self, x_BxTxD: jax.Array) -> jax.Array:
-    """The LM head alone, on states that are already normalised."""
+  def lm_head_logits(self, x_BxTxD: jax.Array, vocab_ids_Vs: jax.Array | None = None
+                     ) -> jax.Array:
+    """The LM head alone, on states that are already normalised; with `vocab_ids_Vs`, only those
+    tokens' logits, in that order (a training loss over part of the vocabulary)."""
+    if vocab_ids_Vs is not None:
+      rows_VsxD = (self.embed.embedding[vocab_ids_Vs] if self.cfg.tie_embeddings else
+                   self.lm_head.kernel[:, vocab_ids_Vs].T)
+      return jnp.einsum("...d,vd->...v", x_BxTxD, rows_VsxD).astype(jnp.float32)
     if self.cfg.tie_embeddings:
       return self.embed.attend(x_BxTxD).astype(jnp.float32)
     return self.lm_head(x_BxTxD).astype(jnp.float32)

@@ -80,9 +80,9 @@ def dflash_logprobs(cfg: dflash.DFlashConfig, drafter_params: dict, target_cfg: 
   cache = dflash.write_context(cfg, drafter_params, dflash.ContextCache.create(cfg, b, s),
                                features_BxSxFxD, positions_BxS)
   anchor_tokens_BxN = jnp.take_along_axis(tokens_BxS, plan.anchor_pos_BxN, axis=1)
-  logits_BxNxKxV = dflash.block_logits(cfg, drafter_params, target_cfg, target_params,
-                                       anchor_tokens_BxN, plan.anchor_pos_BxN, cache)
-  return jax.nn.log_softmax(logits_BxNxKxV[:, :, 1:].astype(jnp.float32), axis=-1)
+  logits_BxNxK1xV = dflash.proposal_logits(cfg, drafter_params, target_cfg, target_params,
+                                           anchor_tokens_BxN, plan.anchor_pos_BxN, cache)
+  return jax.nn.log_softmax(logits_BxNxK1xV, axis=-1)
 
 
 def eagle3_logprobs(cfg: eagle3.Eagle3Config, drafter_params: dict, target_cfg: ModelConfig,
