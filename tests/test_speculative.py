@@ -1,12 +1,12 @@
 """Speculative decoding on tiny random models: lossless greedy and sampling, the trace against a
 slow re-implementation, and the DFlash block mask."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import whole_forward
 from scipy import stats
 
 from draftopd_jax.decoding.padding import pad_batch
@@ -86,13 +86,6 @@ SMALL_PARAMS = jax.tree.map(lambda x: x * 2, init_params(SMALL, seed=5))
 SMALL_PROMPTS = [[1, 2, 3, 4, 0], [5, 1]]
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _whole_forward(tokens_1xW, layer_ids):
-  width = tokens_1xW.shape[1]
-  return forward(SMALL, SMALL_PARAMS, tokens_1xW, jnp.arange(width)[None],
-                 KVCache.create(SMALL, 1, width), layer_ids)
-
-
 _write_context = jax.jit(dflash.write_context, static_argnums=0)
 _block_logits = jax.jit(dflash.block_logits, static_argnums=(0, 2))
 
@@ -101,11 +94,8 @@ def slow_dflash_rollout(drafter, params, prompt, steps, width=48):
   """Greedy DFlash speculative decoding with every pass recomputed from scratch."""
   cfg, k = drafter.cfg, drafter.block_size
 
-  def full(toks):  # padded at the end to one width (one compilation); causal: no effect before
-    padded = np.zeros((1, width), np.int32)
-    padded[0, :len(toks)] = toks
-    out = _whole_forward(jnp.asarray(padded), cfg.target_layer_ids)
-    return out.replace(logits_BxTxV=out.logits_BxTxV[:, :len(toks)])
+  def full(toks):
+    return whole_forward(SMALL, SMALL_PARAMS, toks, width, cfg.target_layer_ids)
 
   seq = list(prompt)
   seq.append(int(jnp.argmax(full(seq).logits_BxTxV[0, -1])))
