@@ -56,8 +56,8 @@ def main() -> None:
                                 cache_dir, show_progress=False)
     build_seconds = time.perf_counter() - started  # compilation included: an upper bound
 
-    counts = sum(np.bincount(e.response_ids, minlength=model.cfg.vocab_size)
-                 for e in load_corpus(ROOT / corpus_config.data.corpus, model).examples(None))
+    counts = sum(np.bincount(response, minlength=model.cfg.vocab_size) for _, response in
+                 load_corpus(ROOT / corpus_config.data.corpus, model).examples(None))
 
     def contender(num_anchors: int, cached: bool, loss_vocab: int = 0):
       optimizer = trainer.make_optimizer(1e-4, 10, 1000)
