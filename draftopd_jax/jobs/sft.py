@@ -149,6 +149,17 @@ def training_step(config, drafter, params, target_cfg, optimizer, vocab_ids_Vs=N
   return params["model"], step, lambda trainable: {"model": trainable, "d2t": d2t}
 
 
+def check_loss_settings(config) -> None:
+  t, kind = config.train, config.drafter.kind
+  if t.loss not in ("ce", "kl"):
+    raise UserError(f"train.loss={t.loss!r}; choose ce or kl")
+  if config.data.feature_cache and kind != "dflash":
+    raise UserError("data.feature_cache serves DFlash SFT only; set data.feature_cache=False")
+  if t.loss_vocab_size < 0 or (t.loss_vocab_size and kind != "dflash"):
+    raise UserError(f"train.loss_vocab_size={t.loss_vocab_size}: 0 (the whole vocabulary) or a "
+                    "positive size, for DFlash only (EAGLE-3 has drafter.draft_vocab_size)")
+
+
 def check_step_memory(config, vocab_size: int) -> None:
   """The step's largest activations (float32 logits, log-probs and their gradients)."""
   t, d, k = config.train, config.data, config.drafter.block_size
@@ -205,17 +216,12 @@ def run_sft(config, workdir: str | None) -> dict:
     raise UserError("sft writes checkpoints and metrics: pass --workdir=DIR")
   out = pathlib.Path(workdir)
   t, d = config.train, config.data
-  if t.loss not in ("ce", "kl"):
-    raise UserError(f"train.loss={t.loss!r}; choose ce or kl")
-  if d.feature_cache and config.drafter.kind != "dflash":
-    raise UserError("data.feature_cache serves DFlash SFT only; set data.feature_cache=False")
+  check_loss_settings(config)
   mesh = trainer.training_mesh(config.mesh, config.sharding_rules, t.batch_size)
   model = load_model(config.model, dtype=config.dtype)
-  if t.loss_vocab_size and (config.drafter.kind != "dflash"
-                            or not 0 < t.loss_vocab_size <= model.cfg.vocab_size):
-    raise UserError(f"train.loss_vocab_size={t.loss_vocab_size} must be in [0, "
-                    f"{model.cfg.vocab_size}] and serves DFlash only (EAGLE-3 has "
-                    "drafter.draft_vocab_size)")
+  if t.loss_vocab_size > model.cfg.vocab_size:
+    raise UserError(f"train.loss_vocab_size={t.loss_vocab_size} exceeds the target's vocabulary "
+                    f"({model.cfg.vocab_size})")
   check_step_memory(config, model.cfg.vocab_size)
   examples = training_examples(config, model, out)
   drafter, params = make_drafter(config, model, examples)
