@@ -66,8 +66,8 @@ def test_mtbench_first_turns():
 
 
 @pytest.mark.slow
-# Each prompt set has its own width, and each width compiles both decoding loops again, so the two
-# runs share the three sets out: the oracle (the engine check, tau = K) needs only one.
+# Every prompt set runs at one width (both decoding loops compile once per job); the two runs share
+# the three sets out: the oracle (the engine check, tau = K) needs only one.
 @pytest.mark.parametrize("variant,tau,datasets", [("oracle", 8.0, ("mtbench",)),
                                                   ("dflash", None, ("humaneval", "sharegpt"))],
                          ids=["oracle", "dflash"])

@@ -48,6 +48,10 @@ def test_unknown_keys_and_bad_values_are_refused():
                             ("final_lr_fraction", 2.0, "final_lr_fraction=2.0 must be between")):
     with pytest.raises(UserError, match=words):
       config_check.check(sft_config(**{key: value}))
+  no_sets = runpy.run_path(str(ROOT / "configs" / "eval.py"))["get_config"]("quick")
+  no_sets.datasets = ()
+  with pytest.raises(UserError, match="datasets=\\(\\) must be at least one of"):
+    config_check.check(no_sets)
 
 
 def test_unknown_key_in_a_config_file(tmp_path):

@@ -64,16 +64,13 @@ def timed_decode(model: LoadedModel, tokens, mask, drafter, params, max_new_toke
   return time.perf_counter() - start, generated, state
 
 
-def evaluate_dataset(model, name, prompts, drafter, params, config) -> dict:
-  encoded = encode_prompts(model, prompts, config.chat_template)
-  # One prompt width for the whole set, so nothing recompiles inside the timed region.
-  width = pad_batch(encoded, model.tokenizer.pad_id)[0].shape[1]
-  eos = model.tokenizer.eos_ids
+def decode_both(model: LoadedModel, width: int, drafter, params, config):
+  """(ids -> (autoregressive, speculative) `timed_decode` results) at one prompt width for every
+  prompt of every set, so both decoding loops compile once."""
 
-  def ar_then_spec(ids):
-    tokens = np.full((1, width), model.tokenizer.pad_id, np.int32)
-    tokens[0, :len(ids)] = ids
-    mask = np.arange(width)[None] < len(ids)
+  def ar_then_spec(ids: list[int]):
+    tokens, mask = pad_batch([ids], model.tokenizer.pad_id, width=width)
+    eos = model.tokenizer.eos_ids
     ar = timed_decode(model, tokens, mask, Autoregressive(), None, config.max_new_tokens, eos,
                       config.verify_impl)
     prompt_params = params
@@ -82,7 +79,10 @@ def evaluate_dataset(model, name, prompts, drafter, params, config) -> dict:
     return ar, timed_decode(model, tokens, mask, drafter, prompt_params, config.max_new_tokens,
                             eos, config.verify_impl)
 
-  ar_then_spec(encoded[0])  # compiles both loops at this width; discarded
+  return ar_then_spec
+
+
+def evaluate_dataset(name: str, encoded: list[list[int]], ar_then_spec, block_size: int) -> dict:
   ar_tpot, spec_tpot, lengths, lossless = [], [], [], True
   for ids in tqdm(encoded, desc=name, unit="prompt"):
     (ar_seconds, ar_count, ar_state), (spec_seconds, spec_count, spec_state) = ar_then_spec(ids)
@@ -91,8 +91,8 @@ def evaluate_dataset(model, name, prompts, drafter, params, config) -> dict:
       ar_tpot.append(ar_seconds / ar_count)
       spec_tpot.append(spec_seconds / spec_count)
     lengths += metrics.acceptance_lengths(spec_state.trace)
-  summary = metrics.summarize(lengths, drafter.block_size)
-  summary.update(num_prompts=len(prompts), lossless=bool(lossless),
+  summary = metrics.summarize(lengths, block_size)
+  summary.update(num_prompts=len(encoded), lossless=bool(lossless),
                  ar_tokens_per_s=float(1 / np.mean(ar_tpot)) if ar_tpot else float("nan"),
                  spec_tokens_per_s=float(1 / np.mean(spec_tpot)) if spec_tpot else float("nan"),
                  speedup=metrics.speedup(ar_tpot, spec_tpot) if ar_tpot else float("nan"))
@@ -109,9 +109,16 @@ def run_eval(config, workdir: str | None) -> dict:
   results = {"model": config.model, "drafter": config.drafter.checkpoint or
              f"untrained {config.drafter.kind}", "block_size": drafter.block_size,
              "max_new_tokens": config.max_new_tokens, "datasets": {}}
-  for name in config.datasets:
-    prompts = eval_prompts(name, config.num_prompts, config.heldout_fraction)
-    results["datasets"][name] = evaluate_dataset(model, name, prompts, drafter, params, config)
+  sets = {name: encode_prompts(model, eval_prompts(name, config.num_prompts,
+                                                   config.heldout_fraction), config.chat_template)
+          for name in config.datasets}
+  # One prompt width for every set, so nothing recompiles inside a timed region.
+  width = pad_batch([ids for encoded in sets.values() for ids in encoded],
+                    model.tokenizer.pad_id)[0].shape[1]
+  ar_then_spec = decode_both(model, width, drafter, params, config)
+  ar_then_spec(next(iter(sets.values()))[0])  # compiles both loops; discarded
+  for name, encoded in sets.items():
+    results["datasets"][name] = evaluate_dataset(name, encoded, ar_then_spec, drafter.block_size)
   (out / "results.json").write_text(json.dumps(results, indent=1))
   plots.plot_acceptance(results, out)
   print(f"\n{'dataset':<10} {'tau':>6} {'tau_tok':>8} {'AR tok/s':>9} {'spec tok/s':>11} "
