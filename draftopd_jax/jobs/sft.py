@@ -63,12 +63,11 @@ def regenerated_examples(config, model: LoadedModel, prompts: list[list[int]],
                          writer=jax.process_index() == 0, after_reading=distributed.barrier)
 
 
-def corpus_examples(config, model: LoadedModel, everything: bool = False) -> list[data.Example]:
-  """The first `data.corpus_examples` examples (0 = all) of the corpus in `data.corpus`, or all
-  of them with `everything`."""
+def corpus_examples(config, model: LoadedModel) -> list[data.Example]:
+  """The first `data.corpus_examples` examples (0 = all) of the corpus in `data.corpus`."""
   d = config.data
   corpus = regeneration.load_corpus(d.corpus, model)
-  pairs = corpus.examples(None if everything else d.corpus_examples or None)
+  pairs = corpus.examples(d.corpus_examples or None)
   if not pairs:
     raise UserError(f"the corpus in {d.corpus} holds no examples yet; run configs/corpus.py")
   if d.corpus_examples and len(pairs) < d.corpus_examples:
@@ -79,12 +78,9 @@ def corpus_examples(config, model: LoadedModel, everything: bool = False) -> lis
 
 def target_features(config, model: LoadedModel, drafter: DFlashDrafter,
                     examples: list[data.Example]) -> feature_cache.FeatureCache:
-  """The feature cache for this drafter's taps of `examples`, or of the whole corpus when
-  training on one (runs on its first N examples then share one cache), indexed alike; process 0
-  builds it."""
+  """The feature cache for this drafter's taps of `examples`, indexed alike (runs on a prefix of
+  a corpus share its chunks); process 0 builds it."""
   d = config.data
-  if d.corpus:
-    examples = corpus_examples(config, model, everything=True)
   cache_dir = d.feature_cache_dir or zoo.default_cache_dir() / "features"
   build = lambda: feature_cache.build(
       [(e.prompt_ids, e.response_ids) for e in examples], model.cfg, model.params,
