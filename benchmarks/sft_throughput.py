@@ -1,9 +1,9 @@
 """Labelled tokens per second of DFlash SFT on this machine: the target online (its forward in
 every step) against the feature cache (sft/feature_cache.py), at several anchor counts, and with
-the cache, the loss's softmax over the whole vocabulary against the most frequent tokens only
-(`train.loss_vocab_size`).
+the cache, the whole vocabulary against a draft vocabulary of the most frequent response tokens
+(`drafter.draft_vocab_size`).
 
-  python benchmarks/sft_throughput.py [--runs 3] [--anchors 16,48] [--batch 4] [--loss-vocab 16384]
+  python benchmarks/sft_throughput.py [--runs 3] [--anchors 16,48] [--batch 4] [--draft-vocab 16384]
 
 Examples: the committed corpus (corpora/), prompt + response up to 512 tokens. The drafter:
 configs/sft.py's recipe. A labelled token is one trained (anchor, slot) pair. Settings alternate
@@ -26,7 +26,7 @@ from side_by_side import interleaved_medians
 from draftopd_jax.data.regeneration import load_corpus
 from draftopd_jax.io import load_model
 from draftopd_jax.jobs.new_drafter import drafter_config
-from draftopd_jax.models import dflash
+from draftopd_jax.models import dflash, eagle3
 from draftopd_jax.sft import data, dflash_loss, feature_cache
 from draftopd_jax.training import trainer
 
@@ -39,8 +39,8 @@ def main() -> None:
   parser.add_argument("--runs", type=int, default=3)
   parser.add_argument("--anchors", default="16,48")
   parser.add_argument("--batch", type=int, default=4)
-  parser.add_argument("--loss-vocab", type=int, default=16384,
-                      help="the restricted loss vocabulary to compare (0: none)")
+  parser.add_argument("--draft-vocab", type=int, default=16384,
+                      help="the draft vocabulary size to compare (0: none)")
   args = parser.parse_args()
   config = runpy.run_path(str(ROOT / "configs" / "sft.py"))["get_config"]()
   corpus_config = runpy.run_path(str(ROOT / "configs" / "corpus.py"))["get_config"]()
@@ -59,15 +59,15 @@ def main() -> None:
     counts = sum(np.bincount(response, minlength=model.cfg.vocab_size) for _, response in
                  load_corpus(ROOT / corpus_config.data.corpus, model).examples(None))
 
-    def contender(num_anchors: int, cached: bool, loss_vocab: int = 0):
+    def contender(num_anchors: int, cached: bool, draft_vocab: int = 0):
+      cfg = drafter_config(config.drafter, model.cfg, tuple(
+          eagle3.build_draft_vocab(counts, draft_vocab).tolist()) if draft_vocab else ())
       optimizer = trainer.make_optimizer(1e-4, 10, 1000)
-      step = jax.jit(dflash_loss.step_fn(cfg=drafter_cfg, target_cfg=model.cfg,
-                                            optimizer=optimizer, num_anchors=num_anchors,
-                                            gamma=config.train.gamma, distill=False,
-                                            vocab_ids_Vs=dflash_loss.loss_vocabulary(
-                                                counts, loss_vocab)),
+      step = jax.jit(dflash_loss.step_fn(cfg=cfg, target_cfg=model.cfg, optimizer=optimizer,
+                                         num_anchors=num_anchors, gamma=config.train.gamma,
+                                         distill=False),
                      donate_argnums=0)
-      box = {"state": trainer.init_state(dflash.init_params(drafter_cfg), optimizer, 0), "at": 0}
+      box = {"state": trainer.init_state(dflash.init_params(cfg), optimizer, 0), "at": 0}
 
       def one_step() -> int:
         indices = [(box["at"] + i) % len(examples) for i in range(args.batch)]
@@ -82,8 +82,8 @@ def main() -> None:
     anchors = list(map(int, args.anchors.split(",")))
     contenders = {f"{'cached' if cached else 'online'}_{n}": contender(n, cached)
                   for n in anchors for cached in (False, True)}
-    if args.loss_vocab:
-      contenders |= {f"cached_{n}_vocab{args.loss_vocab}": contender(n, True, args.loss_vocab)
+    if args.draft_vocab:
+      contenders |= {f"cached_{n}_vocab{args.draft_vocab}": contender(n, True, args.draft_vocab)
                      for n in anchors}
     rates = interleaved_medians(contenders, args.runs)
   tokens = cache.manifest["tokens"]

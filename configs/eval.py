@@ -38,7 +38,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       block_size=8,
       num_layers=2,  # DFlash layers
       mask_token_id=0,  # DFlash MASK input; SmolLM2's <|endoftext|> never appears in chats
-      draft_vocab_size=8192,  # EAGLE-3
+      # an untrained drafter's draft vocabulary (EAGLE-3; DFlash: 0 = the whole vocabulary)
+      draft_vocab_size=8192 if variant == "eagle3" else 0,
       target_layer_ids=(),  # target layers whose outputs feed the drafter; () = the default
       seed=0,
   ))

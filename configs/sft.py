@@ -75,7 +75,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       block_size=8,  # K: anchor + 7 proposals
       num_layers=2,  # DFlash
       mask_token_id=0,  # DFlash MASK: SmolLM2's <|endoftext|>, never inside chats
-      draft_vocab_size=8192,  # EAGLE-3: the most frequent tokens of the regenerated responses
+      # The draft vocabulary: the N most frequent tokens of the training responses, the only ones
+      # proposed and trained on (DFlash: 0 = the whole vocabulary; its LM head over SmolLM2's
+      # 49K tokens was most of a step on CPU).
+      draft_vocab_size=8192 if variant.startswith("eagle3") else 0,
       target_layer_ids=(),  # target layers whose outputs feed the drafter; () = the default
       # DFlash feature taps by the reference spacing round(1 + i(N-4)/(n-1)): [1, 8, 14, 20, 27]
       # for SmolLM2's 30 layers; 0 = as many taps as drafter layers
@@ -112,9 +115,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # gamma > 0: slot weights exp(-(k-1)/gamma); 4 at K = 8 is the DFlash reference's
       grad_clip=1.0, num_anchors=16, gamma=4.0,
       loss="ce",  # DFlash: "ce" to the regenerated token, or "kl" to the target distribution
-      # DFlash: > 0 = the loss's softmax over the N most frequent response tokens only (its
-      # LM head over SmolLM2's 49K tokens was 60% of a step on CPU); proposals still use all
-      loss_vocab_size=0,
       ttt_steps=7, ttt_decay=0.8,  # EAGLE-3 training-time test: steps, step weight decay**s
       seed=0,
   ))
@@ -155,14 +155,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.steps, c.eval_every = 200, 20
   if variant == "corpus":
     c.data.update(corpus="corpora/smollm2-135m-instruct/train", seq_len=512, feature_cache=True)
-    c.train.update(steps=4000, batch_size=8, warmup_steps=100, num_anchors=48,
-                   loss_vocab_size=16384)  # 99.8% of the corpus's response tokens
+    c.train.update(steps=4000, batch_size=8, warmup_steps=100, num_anchors=48)
+    c.drafter.draft_vocab_size = 16384  # 99.8% of the corpus's response tokens
     c.heldout.update(datasets=("humaneval", "mtbench", "sharegpt"), num_prompts=8)
     c.eval_every, c.checkpoint_every = 100, 50
   if variant.endswith("quick"):
     c.data.num_prompts, c.data.response_tokens, c.data.seq_len = 16, 16, 224
     c.train.steps, c.train.batch_size, c.train.num_anchors, c.train.warmup_steps = 6, 2, 4, 2
-    c.train.ttt_steps, c.drafter.draft_vocab_size = 3, 2048
+    c.train.ttt_steps = 3
+    if variant == "eagle3_quick":
+      c.drafter.draft_vocab_size = 2048
     c.heldout.num_prompts, c.heldout.max_new_tokens, c.heldout.datasets = 2, 16, ("humaneval",)
     c.eval_every, c.log_every, c.checkpoint_every = 3, 1, 2
   if variant == "qwen3_8b_pod":

@@ -95,8 +95,7 @@ def test_drafter_settings_that_do_not_fit_the_target(smollm, changes, words):
     ("data__max_prompt_tokens", 2, ("no training prompt fits",)),
     ("data__source", "empty.jsonl", ("holds no prompts",)),
     ("data__source", "malformed.jsonl", ("malformed.jsonl:2", "expected a JSON object")),
-    ("train__loss_vocab_size", 60000, ("loss_vocab_size=60000 exceeds", "49152")),
-    ("train__loss_vocab_size", -1, ("loss_vocab_size=-1",)),
+    ("drafter__draft_vocab_size", 60000, ("draft_vocab_size=60000 must be in [0, 49152]",)),
 ])
 def test_bad_settings_stop_the_job_before_any_work(tmp_path, key, value, words):
   (tmp_path / "empty.jsonl").write_text("\n")

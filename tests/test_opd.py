@@ -299,18 +299,23 @@ def test_gradients_reach_the_drafter_only():
     assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads[1]))
 
 
-@pytest.mark.parametrize("estimator", ["sampled", "full"])
-def test_full_and_random_variants_run_in_the_step(estimator):
+@pytest.mark.parametrize("estimator, vocab_ids", [("sampled", ()), ("full", ()),
+                                                  ("full", tuple(range(1, 64, 3)))],
+                         ids=["sampled", "full", "full-draft-vocabulary"])
+def test_full_and_random_variants_run_in_the_step(estimator, vocab_ids):
+  """Replayed proposals agree with the rollout's, with a DFlash draft vocabulary too (its ids
+  mapped to the target's and back)."""
   from draftopd_jax.parallel import sharding
   from draftopd_jax.training import trainer
 
+  cfg = dataclasses.replace(D_CFG, vocab_ids=vocab_ids)
   optimizer = trainer.make_optimizer(1e-3, 1, 10)
   fn = update_step.opd_step_fn(
-      drafter=DFlashDrafter(D_CFG), target_cfg=CFG, optimizer=optimizer,
+      drafter=DFlashDrafter(cfg), target_cfg=CFG, optimizer=optimizer,
       rollout=update_step.RolloutOptions(max_new_tokens=8, anchors="random", rollouts_per_update=2),
       loss=dataclasses.replace(LossOptions(), estimator=estimator))
   step, state, target = trainer.shard_step(
-      fn, sharding.make_mesh(), trainer.init_state(dflash.init_params(D_CFG), optimizer, 0), TARGET)
+      fn, sharding.make_mesh(), trainer.init_state(dflash.init_params(cfg), optimizer, 0), TARGET)
   prompts = jnp.concatenate([PROMPTS, PROMPTS[:1]])
   mask = jnp.concatenate([MASK, MASK[:1]])
   state, metrics = step(state, target, prompts, mask)

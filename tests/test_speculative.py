@@ -23,10 +23,12 @@ K = 4
 
 
 def make_drafter(kind: str, cfg=CFG, k=K, seed=0, scale=3.0):
-  """An untrained drafter; `scale` multiplies the DFlash weights (sharper, more varied output)."""
-  if kind == "dflash":
+  """An untrained drafter; `scale` multiplies the DFlash weights (sharper, more varied output).
+  "dflash_vocab": DFlash with a draft vocabulary of every other token."""
+  if kind.startswith("dflash"):
+    vocab_ids = tuple(range(0, cfg.vocab_size, 2)) if kind == "dflash_vocab" else ()
     c = dflash.DFlashConfig.for_target(cfg, num_layers=2, block_size=k,
-                                       mask_token_id=cfg.vocab_size - 1)
+                                       mask_token_id=cfg.vocab_size - 1, vocab_ids=vocab_ids)
     return DFlashDrafter(c), jax.tree.map(lambda x: x * scale, dflash.init_params(c, seed))
   c = eagle3.Eagle3Config.for_target(cfg, block_size=k, draft_vocab_size=cfg.vocab_size - 5)
   d2t = eagle3.build_draft_vocab(np.arange(cfg.vocab_size)[::-1], c.draft_vocab_size)
@@ -45,7 +47,7 @@ def oracle_params(state, width=256):
   return jnp.asarray(buffer)
 
 
-@pytest.mark.parametrize("kind", ["dflash", "eagle3"])
+@pytest.mark.parametrize("kind", ["dflash", "dflash_vocab", "eagle3"])
 @pytest.mark.parametrize("left", [False, True])
 def test_untrained_drafters_are_lossless(autoregressive, kind, left):
   tokens, mask = pad_batch(PROMPTS, pad_id=0, left=left)
@@ -53,6 +55,9 @@ def test_untrained_drafters_are_lossless(autoregressive, kind, left):
   state = engine.run(CFG, PARAMS, tokens, mask, drafter=drafter, drafter_params=params,
                      max_new_tokens=24)
   assert engine.new_tokens(state) == engine.new_tokens(autoregressive)
+  if kind == "dflash_vocab":  # proposals come from the draft vocabulary only
+    proposals = np.asarray(state.trace.proposals_BxNxK1)[np.asarray(state.trace.anchor_pos_BxN) >= 0]
+    assert proposals.size and set(proposals.ravel().tolist()) <= set(drafter.cfg.vocab_ids)
 
 
 def test_oracle_accepts_everything(autoregressive):

@@ -1,6 +1,8 @@
 """`main.py` mode `export`: a drafter checkpoint to a serving format (`io/export.py`), loaded back
 and its logits compared with the checkpoint's before the job reports success."""
 
+import dataclasses
+
 import jax
 import numpy as np
 
@@ -47,6 +49,11 @@ def run_export(config, workdir: str | None) -> dict:
   fmt = config.format
   if fmt == "auto":
     fmt = "dflash" if isinstance(drafter, DFlashDrafter) else "eagle3"
+  if isinstance(drafter, DFlashDrafter) and drafter.cfg.vocab_ids:
+    print(f"note: the {fmt} format has no DFlash draft vocabulary; served from it, this drafter "
+          f"proposes from all {model.cfg.vocab_size:,} tokens instead of its "
+          f"{len(drafter.cfg.vocab_ids):,}")
+    drafter = DFlashDrafter(dataclasses.replace(drafter.cfg, vocab_ids=()))
   out = export_drafter(workdir, fmt, drafter, params, model.cfg, model.params, config.verifier)
   back, back_params = import_drafter(out, model.cfg, model.params)
   gap = float(np.abs(drafter_logits(back, back_params, model.cfg, model.params)

@@ -101,43 +101,26 @@ def target_features(config, model: LoadedModel, drafter: DFlashDrafter,
 
 def make_drafter(config, model: LoadedModel, examples: list[data.Example]):
   """(drafter, params) to train: from `drafter.init_from`, or new of `drafter.kind`. A new
-  EAGLE-3 drafter's vocabulary is the most frequent tokens of the training examples."""
+  drafter's draft vocabulary is the most frequent tokens of the training examples."""
   c = config.drafter
   if c.init_from:
     drafter, params = load_drafter(c.init_from, model.cfg, model.tokenizer)
     if not isinstance(drafter, DFlashDrafter if c.kind == "dflash" else Eagle3Drafter):
       raise UserError(f"{c.init_from} is not a {c.kind} drafter; set config.drafter.kind")
     return drafter, params
-  return new_drafter(c, model.cfg, config.train.seed,
-                     lambda: response_token_counts(examples, model.cfg.vocab_size))
+  return new_drafter(c, model.cfg, config.train.seed, lambda: sum(
+      np.bincount(np.asarray(e.response_ids, np.int64), minlength=model.cfg.vocab_size)
+      for e in examples))
 
 
-def response_token_counts(examples: list[data.Example], vocab_size: int) -> np.ndarray:
-  return sum(np.bincount(np.asarray(e.response_ids, np.int64), minlength=vocab_size)
-             for e in examples)
-
-
-def loss_vocabulary(config, examples: list[data.Example], vocab_size: int) -> np.ndarray | None:
-  """DFlash's loss vocabulary (`train.loss_vocab_size`), with the share of response tokens it
-  covers printed; None for the whole vocabulary."""
-  size = config.train.loss_vocab_size
-  if not size:
-    return None
-  counts_V = response_token_counts(examples, vocab_size)
-  vocab_ids_Vs = dflash_loss.loss_vocabulary(counts_V, size)
-  print(f"loss vocabulary: the {size:,} most frequent response tokens, "
-        f"{counts_V[vocab_ids_Vs].sum() / counts_V.sum():.2%} of the training labels")
-  return vocab_ids_Vs
-
-
-def training_step(config, drafter, params, target_cfg, optimizer, vocab_ids_Vs=None):
+def training_step(config, drafter, params, target_cfg, optimizer):
   """(trainable params, step function, full drafter params of a state's trainable params) for
-  the drafter's kind; DFlash's loss over `vocab_ids_Vs` (None: the whole vocabulary)."""
+  the drafter's kind."""
   t = config.train
   if isinstance(drafter, DFlashDrafter):
     step = dflash_loss.step_fn(cfg=drafter.cfg, target_cfg=target_cfg, optimizer=optimizer,
                                   num_anchors=t.num_anchors, gamma=t.gamma,
-                                  distill=t.loss == "kl", vocab_ids_Vs=vocab_ids_Vs)
+                                  distill=t.loss == "kl")
     return params, step, lambda trainable: trainable
   d2t = params["d2t"]
   step = eagle3_loss.step_fn(d2t_Vd=d2t, cfg=drafter.cfg, target_cfg=target_cfg,
@@ -151,16 +134,14 @@ def check_loss_settings(config) -> None:
     raise UserError(f"train.loss={t.loss!r}; choose ce or kl")
   if config.data.feature_cache and kind != "dflash":
     raise UserError("data.feature_cache serves DFlash SFT only; set data.feature_cache=False")
-  if t.loss_vocab_size < 0 or (t.loss_vocab_size and kind != "dflash"):
-    raise UserError(f"train.loss_vocab_size={t.loss_vocab_size}: 0 (the whole vocabulary) or a "
-                    "positive size, for DFlash only (EAGLE-3 has drafter.draft_vocab_size)")
 
 
 def check_step_memory(config, vocab_size: int) -> None:
   """The step's largest activations (float32 logits, log-probs and their gradients)."""
   t, d, k = config.train, config.data, config.drafter.block_size
   target_logits = 2 * t.batch_size * d.seq_len * vocab_size
-  drafter_logits = 3 * (t.batch_size * t.num_anchors * (k - 1) * (t.loss_vocab_size or vocab_size)
+  drafter_logits = 3 * (t.batch_size * t.num_anchors * (k - 1)
+                        * (config.drafter.draft_vocab_size or vocab_size)
                         if config.drafter.kind == "dflash" else t.ttt_steps * t.batch_size * d.seq_len
                         * config.drafter.draft_vocab_size)
   config_check.check_memory(4.0 * (target_logits + drafter_logits), "an SFT step",
@@ -183,7 +164,6 @@ def training_flops(config, drafter, target_cfg, cached_features: bool) -> dict[s
   t, seq_len = config.train, config.data.seq_len
   if isinstance(drafter, DFlashDrafter):
     return flops.dflash_train(drafter.cfg, target_cfg, t.batch_size, seq_len, t.num_anchors,
-                              loss_vocab=t.loss_vocab_size,
                               cached_features=cached_features, distill=t.loss == "kl")
   return flops.eagle3_train(drafter.cfg, target_cfg, t.batch_size, seq_len, t.ttt_steps)
 
@@ -215,9 +195,6 @@ def run_sft(config, workdir: str | None) -> dict:
   check_loss_settings(config)
   mesh = trainer.training_mesh(config.mesh, config.sharding_rules, t.batch_size)
   model = load_model(config.model, dtype=config.dtype)
-  if t.loss_vocab_size > model.cfg.vocab_size:
-    raise UserError(f"train.loss_vocab_size={t.loss_vocab_size} exceeds the target's vocabulary "
-                    f"({model.cfg.vocab_size})")
   check_step_memory(config, model.cfg.vocab_size)
   examples = training_examples(config, model, out)
   drafter, params = make_drafter(config, model, examples)
@@ -226,9 +203,7 @@ def run_sft(config, workdir: str | None) -> dict:
                        config.heldout.max_new_tokens, d.heldout_fraction)
 
   optimizer = loop.make_optimizer(t)
-  trainable, step_fn, full_params = training_step(
-      config, drafter, params, model.cfg, optimizer,
-      loss_vocabulary(config, examples, model.cfg.vocab_size))
+  trainable, step_fn, full_params = training_step(config, drafter, params, model.cfg, optimizer)
   run = loop.Run.start(config, out, mesh, step_fn, optimizer, trainable, model.params,
                        batch_inputs=2 if features is None else 3)
   step_flops = training_flops(config, drafter, model.cfg, cached_features=features is not None)

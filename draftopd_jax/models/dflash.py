@@ -45,11 +45,16 @@ class DFlashConfig:
   # The reference drafter normalises its output with its own trainable RMSNorm before the
   # target's LM head; drafters saved before this option reused the target's frozen final norm.
   own_final_norm: bool = False
+  # The draft vocabulary: the target token ids (ascending) the drafter proposes from and is
+  # trained on, through those rows of the target's LM head; () = the whole vocabulary. On CPU
+  # the head over all of SmolLM2's 49K tokens was most of a training step and of a proposal.
+  vocab_ids: tuple[int, ...] = ()
 
   @classmethod
   def for_target(cls, target: ModelConfig, *, num_layers: int = 2, block_size: int = 8,
                  mask_token_id: int, target_layer_ids: tuple[int, ...] | None = None,
-                 num_taps: int | None = None, own_final_norm: bool = True) -> "DFlashConfig":
+                 num_taps: int | None = None, own_final_norm: bool = True,
+                 vocab_ids: tuple[int, ...] = ()) -> "DFlashConfig":
     """`target_layer_ids`, or `num_taps` layers by the reference spacing (default: as many taps
     as drafter layers)."""
     if block_size < 2:
@@ -59,22 +64,39 @@ class DFlashConfig:
     if not 0 <= mask_token_id < target.vocab_size:
       raise ValueError(f"mask_token_id {mask_token_id} is not a token id of the target "
                        f"(vocabulary {target.vocab_size})")
+    vocab_ids = tuple(int(i) for i in vocab_ids)
+    if vocab_ids and (list(vocab_ids) != sorted(set(vocab_ids)) or vocab_ids[0] < 0
+                      or vocab_ids[-1] >= target.vocab_size):
+      raise ValueError(f"vocab_ids must be distinct ascending token ids of the target "
+                       f"(vocabulary {target.vocab_size})")
     layer = target.replace(family="qwen3", qk_norm=True, qkv_bias=False, o_bias=False,
                            num_layers=num_layers)
     return cls(num_layers=num_layers, block_size=block_size, target_layer_ids=ids,
-               mask_token_id=mask_token_id, layer=layer, own_final_norm=own_final_norm)
+               mask_token_id=mask_token_id, layer=layer, own_final_norm=own_final_norm,
+               vocab_ids=vocab_ids)
 
   def to_dict(self) -> dict:
     return {"num_layers": self.num_layers, "block_size": self.block_size,
             "target_layer_ids": list(self.target_layer_ids), "mask_token_id": self.mask_token_id,
-            "layer": self.layer.to_dict(), "own_final_norm": self.own_final_norm}
+            "layer": self.layer.to_dict(), "own_final_norm": self.own_final_norm,
+            "vocab_ids": list(self.vocab_ids)}
 
   @classmethod
   def from_dict(cls, d: dict) -> "DFlashConfig":
     return cls(num_layers=d["num_layers"], block_size=d["block_size"],
                target_layer_ids=tuple(d["target_layer_ids"]), mask_token_id=d["mask_token_id"],
                layer=ModelConfig.from_dict(d["layer"]),
-               own_final_norm=d.get("own_final_norm", False))
+               own_final_norm=d.get("own_final_norm", False),
+               vocab_ids=tuple(d.get("vocab_ids", ())))
+
+  @property
+  def vocab_size(self) -> int:
+    """Logits per proposal slot: the draft vocabulary's size, or the target's."""
+    return len(self.vocab_ids) or self.layer.vocab_size
+
+  def draft_ids(self) -> jax.Array | None:
+    """The draft vocabulary as an array (draft id -> target id), or None for the whole one."""
+    return jnp.asarray(self.vocab_ids, jnp.int32) if self.vocab_ids else None
 
 
 class DFlashLayer(nnx.Module):
@@ -228,11 +250,11 @@ def block_logits(cfg: DFlashConfig, params: dict, target_cfg: ModelConfig, targe
 
 
 def proposal_logits(cfg: DFlashConfig, params: dict, target_cfg: ModelConfig, target_params: dict,
-                    anchor_tokens_BxN: jax.Array, anchor_pos_BxN: jax.Array, cache: ContextCache,
-                    vocab_ids_Vs: jax.Array | None = None) -> jax.Array:
-  """`block_logits` of slots 1..K-1 only, [B, N, K-1, V] (the anchor slot is never proposed, so
-  the LM head skips it); over the tokens `vocab_ids_Vs` only when given (a training loss)."""
+                    anchor_tokens_BxN: jax.Array, anchor_pos_BxN: jax.Array,
+                    cache: ContextCache) -> jax.Array:
+  """Logits [B, N, K-1, Vd] of slots 1..K-1 over the draft vocabulary (`cfg.vocab_ids`; all of
+  the target's when empty). The anchor slot is never proposed, so the LM head skips it."""
   states_BxNxKxD = block_states(cfg, params, target_cfg, target_params, anchor_tokens_BxN,
                                 anchor_pos_BxN, cache)
   return transformer.bind(target_cfg, target_params).lm_head_logits(states_BxNxKxD[:, :, 1:],
-                                                                    vocab_ids_Vs)
+                                                                    cfg.draft_ids())

@@ -108,9 +108,11 @@ class DFlashDrafter(_ConfiguredDrafter):
 
   def propose(self, params, target: Target, cache, tokens_BxS, anchor_pos_B):
     anchors_Bx1 = gather_positions(tokens_BxS, anchor_pos_B[:, None])
-    logits_Bx1xK1xV = dflash.proposal_logits(self.cfg, params, *target, anchors_Bx1,
-                                             anchor_pos_B[:, None], cache)
-    return jnp.argmax(logits_Bx1xK1xV[:, 0], axis=-1).astype(jnp.int32), cache
+    logits_Bx1xK1xVd = dflash.proposal_logits(self.cfg, params, *target, anchors_Bx1,
+                                              anchor_pos_B[:, None], cache)
+    proposals_BxK1 = jnp.argmax(logits_Bx1xK1xVd[:, 0], axis=-1).astype(jnp.int32)
+    d2t_Vd = self.cfg.draft_ids()
+    return (proposals_BxK1 if d2t_Vd is None else d2t_Vd[proposals_BxK1]), cache
 
   def observe(self, params, target, cache, tokens_BxS, positions_BxT, features_BxTxFxD,
               anchor_pos_B):

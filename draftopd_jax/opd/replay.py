@@ -80,9 +80,9 @@ def dflash_logprobs(cfg: dflash.DFlashConfig, drafter_params: dict, target_cfg: 
   cache = dflash.write_context(cfg, drafter_params, dflash.ContextCache.create(cfg, b, s),
                                features_BxSxFxD, positions_BxS)
   anchor_tokens_BxN = jnp.take_along_axis(tokens_BxS, plan.anchor_pos_BxN, axis=1)
-  logits_BxNxK1xV = dflash.proposal_logits(cfg, drafter_params, target_cfg, target_params,
-                                           anchor_tokens_BxN, plan.anchor_pos_BxN, cache)
-  return jax.nn.log_softmax(logits_BxNxK1xV, axis=-1)
+  logits_BxNxK1xVd = dflash.proposal_logits(cfg, drafter_params, target_cfg, target_params,
+                                            anchor_tokens_BxN, plan.anchor_pos_BxN, cache)
+  return jax.nn.log_softmax(logits_BxNxK1xVd, axis=-1)
 
 
 def eagle3_logprobs(cfg: eagle3.Eagle3Config, drafter_params: dict, target_cfg: ModelConfig,
@@ -132,19 +132,21 @@ def loss_fn(trainable_params: dict, drafter, d2t_Vd: jax.Array | None, target_cf
   if isinstance(drafter, DFlashDrafter):
     student = dflash_logprobs(drafter.cfg, trainable_params, target_cfg, target_params,
                               tokens_BxS, teacher.features_BxSxFxD, plan)
-    response_ids, in_vocab = labels_BxNxK1, jnp.ones_like(labels_BxNxK1, bool)
-    rejected_ids = plan.proposals_BxNxK1
+    d2t_Vd = drafter.cfg.draft_ids()
   elif isinstance(drafter, Eagle3Drafter):
     student = eagle3_logprobs(drafter.cfg, {"model": trainable_params, "d2t": d2t_Vd}, target_cfg,
                               target_params, tokens_BxS, teacher.features_BxSxFxD, plan)
+  else:
+    raise ValueError(f"Draft-OPD replays DFlash and EAGLE-3 drafters, not {type(drafter).__name__}")
+  response_ids, in_vocab = labels_BxNxK1, jnp.ones_like(labels_BxNxK1, bool)
+  rejected_ids = plan.proposals_BxNxK1
+  if d2t_Vd is not None:  # token ids as draft ids, the teacher restricted to the draft vocabulary
     t2d_V = eagle3.draft_ids(d2t_Vd, target_cfg.vocab_size)
     response_ids = jnp.maximum(t2d_V[labels_BxNxK1], 0)
     in_vocab = t2d_V[labels_BxNxK1] >= 0
     rejected_ids = jnp.maximum(t2d_V[plan.proposals_BxNxK1], 0)  # proposals are in the vocab
     if rows_BxNxK1xV is not None:
       rows_BxNxK1xV = _restricted(rows_BxNxK1xV, d2t_Vd)
-  else:
-    raise ValueError(f"Draft-OPD replays DFlash and EAGLE-3 drafters, not {type(drafter).__name__}")
   return losses.two_stream_loss(
       student, plan, options, response_ids_BxNxK1=response_ids, response_valid_BxNxK1=in_vocab,
       response_teacher_logprob_BxNxK1=teacher.response_logprob_BxNxK1,

@@ -11,7 +11,6 @@ final norm and LM head give the teacher at the labelled positions only.
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from draftopd_jax.models import ModelConfig, dflash, eagle3, forward_sequences, transformer
@@ -46,17 +45,17 @@ def cached_layer_ids(cfg: dflash.DFlashConfig, target_cfg: ModelConfig, distill:
 def loss_fn(drafter_params: dict, cfg: dflash.DFlashConfig, target_cfg: ModelConfig,
             target_params: dict, tokens_BxT: jax.Array, loss_mask_BxT: jax.Array, rng: jax.Array,
             *, num_anchors: int, gamma: float, distill: bool,
-            features_BxTxFxD: jax.Array | None = None,
-            vocab_ids_Vs: jax.Array | None = None) -> tuple[jax.Array, dict]:
+            features_BxTxFxD: jax.Array | None = None) -> tuple[jax.Array, dict]:
   """Weighted mean loss over valid (anchor, slot) pairs, and metrics. `features_BxTxFxD`: the
   target's tapped features from a feature cache (sft/feature_cache.py) instead of its forward
-  here; with `distill`, followed by the target's last layer (`cached_layer_ids`).
-  `vocab_ids_Vs`: the softmax runs over these tokens only (`loss_vocabulary`), for student and
-  teacher alike; labels outside them are not trained."""
+  here; with `distill`, followed by the target's last layer (`cached_layer_ids`). With a draft
+  vocabulary the softmax runs over it, for the drafter and the teacher alike, and labels outside
+  it are not trained."""
   b, t = tokens_BxT.shape
   k = cfg.block_size
   positions_BxT = jnp.broadcast_to(jnp.arange(t), (b, t))
-  restrict = lambda logits_xV: logits_xV if vocab_ids_Vs is None else logits_xV[..., vocab_ids_Vs]
+  d2t_Vd = cfg.draft_ids()
+  restrict = lambda logits_xV: logits_xV if d2t_Vd is None else logits_xV[..., d2t_Vd]
   # rows [B, L, ...] of a [B, T, ...] array at positions [B, L]
   at = lambda x_BxTx_, pos_BxM: jnp.take_along_axis(x_BxTx_, pos_BxM[..., None], axis=1)
   if features_BxTxFxD is None:
@@ -68,15 +67,15 @@ def loss_fn(drafter_params: dict, cfg: dflash.DFlashConfig, target_cfg: ModelCon
     features_BxTxFxD = features_BxTxFxD[:, :, :-1]
     head = transformer.bind(target_cfg, target_params)
     teacher_logits_at = lambda pos_BxM: head.lm_head_logits(
-        head.final_norm(at(last_BxTxD, pos_BxM)), vocab_ids_Vs)
+        head.final_norm(at(last_BxTxD, pos_BxM)), d2t_Vd)
   features_BxTxFxD = jax.lax.stop_gradient(features_BxTxFxD.astype(cfg.layer.jnp_dtype))
   cache = dflash.write_context(cfg, drafter_params, dflash.ContextCache.create(cfg, b, t),
                                features_BxTxFxD, positions_BxT)
   anchors_BxN, valid_BxN = sample_anchors(rng, loss_mask_BxT, num_anchors)
   anchor_tokens_BxN = jnp.take_along_axis(tokens_BxT, anchors_BxN, axis=1)
   student_BxNxK1xV = jax.nn.log_softmax(dflash.proposal_logits(
-      cfg, drafter_params, target_cfg, target_params, anchor_tokens_BxN, anchors_BxN, cache,
-      vocab_ids_Vs), axis=-1)
+      cfg, drafter_params, target_cfg, target_params, anchor_tokens_BxN, anchors_BxN, cache),
+      axis=-1)
 
   label_pos_BxNxK1 = anchors_BxN[..., None] + jnp.arange(1, k)
   in_range = label_pos_BxNxK1 < t
@@ -85,8 +84,8 @@ def loss_fn(drafter_params: dict, cfg: dflash.DFlashConfig, target_cfg: ModelCon
                                              ).reshape(label_pos_BxNxK1.shape)
   labels_BxNxK1 = gather(tokens_BxT)
   valid_BxNxK1 = valid_BxN[..., None] & in_range & gather(loss_mask_BxT)
-  if vocab_ids_Vs is not None:  # labels as indices into the loss vocabulary
-    labels_BxNxK1 = eagle3.draft_ids(vocab_ids_Vs, target_cfg.vocab_size)[labels_BxNxK1]
+  if d2t_Vd is not None:  # labels as draft ids
+    labels_BxNxK1 = eagle3.draft_ids(d2t_Vd, target_cfg.vocab_size)[labels_BxNxK1]
     valid_BxNxK1 &= labels_BxNxK1 >= 0
     labels_BxNxK1 = jnp.maximum(labels_BxNxK1, 0)
   if distill:  # soft targets: the target's distribution for the token at anchor + k
@@ -104,23 +103,13 @@ def loss_fn(drafter_params: dict, cfg: dflash.DFlashConfig, target_cfg: ModelCon
                 "tokens": jnp.sum(valid_BxNxK1)}
 
 
-def loss_vocabulary(token_counts_V: np.ndarray, size: int) -> np.ndarray | None:
-  """The `size` most frequent tokens of the training responses (ascending ids), or None for the
-  whole vocabulary (`size` 0). On CPU the LM head over all of a 49K vocabulary is most of a step,
-  and a chat corpus uses few of those tokens (SmolLM2's: 16K cover 99.8% of responses); the
-  drafter still proposes from the whole vocabulary."""
-  return eagle3.build_draft_vocab(token_counts_V, size) if size > 0 else None
-
-
 def step_fn(*, cfg: dflash.DFlashConfig, target_cfg: ModelConfig, optimizer: optax.GradientTransformation,
-            num_anchors: int, gamma: float, distill: bool,
-            vocab_ids_Vs: np.ndarray | None = None) -> trainer.StepFn:
+            num_anchors: int, gamma: float, distill: bool) -> trainer.StepFn:
   """(state, target_params, tokens_BxT, loss_mask_BxT[, features_BxTxFxD]) -> (state, metrics)."""
 
   def loss(params, key, target_params, tokens_BxT, loss_mask_BxT, features_BxTxFxD=None):
     return loss_fn(params, cfg, target_cfg, target_params, tokens_BxT, loss_mask_BxT, key,
                    num_anchors=num_anchors, gamma=gamma, distill=distill,
-                   features_BxTxFxD=features_BxTxFxD,
-                   vocab_ids_Vs=None if vocab_ids_Vs is None else jnp.asarray(vocab_ids_Vs))
+                   features_BxTxFxD=features_BxTxFxD)
 
   return trainer.step_fn(trainer.loss_gradients(loss), optimizer)

@@ -20,35 +20,31 @@ def target_forward(c: ModelConfig, tokens: int, context: int, lm_head: bool = Tr
 
 
 def dflash_forward(cfg: dflash.DFlashConfig, target: ModelConfig, context_tokens: int,
-                   block_tokens: int, context: int, head_tokens: int | None = None,
-                   head_vocab: int | None = None) -> float:
+                   block_tokens: int, context: int) -> float:
   """Context projections of `context_tokens` target features, then `block_tokens` block slots
-  through the drafter layers (attending over `context` keys) and the target's LM head (over
-  `head_tokens` of the slots and `head_vocab` tokens; default: all slots, whole vocabulary)."""
+  through the drafter layers (attending over `context` keys), and the LM head over the draft
+  vocabulary at the proposal slots (K-1 of every K)."""
   c, k = cfg.layer, cfg.block_size
   context_proj = (len(cfg.target_layer_ids) * c.hidden_size * c.hidden_size
                   + cfg.num_layers * 2 * c.hidden_size * c.num_kv_heads * c.head_dim)
-  head_tokens = block_tokens if head_tokens is None else head_tokens
   return 2.0 * (context_tokens * context_proj + block_tokens * cfg.num_layers * (
       _layer_matmul_params(c) + 2 * c.num_heads * c.head_dim * (context + k))
-      + head_tokens * c.hidden_size * (head_vocab or target.vocab_size))
+      + block_tokens * (k - 1) // k * c.hidden_size * cfg.vocab_size)
 
 
 def dflash_train(cfg: dflash.DFlashConfig, target: ModelConfig, batch: int, seq_len: int,
-                 num_anchors: int, cached_features: bool = False, distill: bool = False,
-                 loss_vocab: int = 0) -> dict[str, float]:
+                 num_anchors: int, cached_features: bool = False, distill: bool = False
+                 ) -> dict[str, float]:
   """Target forward over the batch (with a feature cache, whose one-off cost its manifest
   counts, only the teacher's LM head at the labelled positions when distilling), drafter
-  forward + backward over all blocks, its LM head at the labelled slots over the loss
-  vocabulary (`loss_vocab` tokens; 0 = all)."""
-  labelled = batch * num_anchors * (cfg.block_size - 1)
+  forward + backward over all blocks."""
   drafter = dflash_forward(cfg, target, batch * seq_len, batch * num_anchors * cfg.block_size,
-                           seq_len, head_tokens=labelled, head_vocab=loss_vocab)
+                           seq_len)
+  labelled = batch * num_anchors * (cfg.block_size - 1)
   if not cached_features:
     target_flops = target_forward(target, batch * seq_len, seq_len)
   else:
-    target_flops = (2.0 * labelled * target.hidden_size * (loss_vocab or target.vocab_size)
-                    if distill else 0.0)
+    target_flops = 2.0 * labelled * target.hidden_size * cfg.vocab_size if distill else 0.0
   return {"target_forward": target_flops, "drafter_forward": drafter,
           "drafter_backward": 2 * drafter}
 
