@@ -128,7 +128,7 @@ def training_step(config, drafter, params, target_cfg, optimizer):
   return params["model"], step, lambda trainable: {"model": trainable, "d2t": d2t}
 
 
-def check_loss_settings(config) -> None:
+def check_training_settings(config) -> None:
   t, kind = config.train, config.drafter.kind
   if t.loss not in ("ce", "kl"):
     raise UserError(f"train.loss={t.loss!r}; choose ce or kl")
@@ -192,7 +192,7 @@ def run_sft(config, workdir: str | None) -> dict:
     raise UserError("sft writes checkpoints and metrics: pass --workdir=DIR")
   out = pathlib.Path(workdir)
   t, d = config.train, config.data
-  check_loss_settings(config)
+  check_training_settings(config)
   mesh = trainer.training_mesh(config.mesh, config.sharding_rules, t.batch_size)
   model = load_model(config.model, dtype=config.dtype)
   check_step_memory(config, model.cfg.vocab_size)
