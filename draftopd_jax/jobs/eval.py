@@ -68,9 +68,10 @@ def decode_both(model: LoadedModel, width: int, drafter, params, config):
   """(ids -> (autoregressive, speculative) `timed_decode` results) at one prompt width for every
   prompt of every set, so both decoding loops compile once."""
 
+  eos = model.tokenizer.eos_ids
+
   def ar_then_spec(ids: list[int]):
     tokens, mask = pad_batch([ids], model.tokenizer.pad_id, width=width)
-    eos = model.tokenizer.eos_ids
     ar = timed_decode(model, tokens, mask, Autoregressive(), None, config.max_new_tokens, eos,
                       config.verify_impl)
     prompt_params = params

@@ -136,7 +136,7 @@ class Transformer(nnx.Module):
   def lm_head_logits(self, x_BxTxD: jax.Array, vocab_ids_Vs: jax.Array | None = None
                      ) -> jax.Array:
     """The LM head alone, on states that are already normalised; with `vocab_ids_Vs`, only those
-    tokens' logits, in that order (a training loss over part of the vocabulary)."""
+    tokens' logits, in that order (a DFlash draft vocabulary)."""
     if vocab_ids_Vs is not None:
       rows_VsxD = (self.embed.embedding[vocab_ids_Vs] if self.cfg.tie_embeddings else
                    self.lm_head.kernel[:, vocab_ids_Vs].T)

@@ -55,13 +55,14 @@ def loss_fn(drafter_params: dict, cfg: dflash.DFlashConfig, target_cfg: ModelCon
   k = cfg.block_size
   positions_BxT = jnp.broadcast_to(jnp.arange(t), (b, t))
   d2t_Vd = cfg.draft_ids()
-  restrict = lambda logits_xV: logits_xV if d2t_Vd is None else logits_xV[..., d2t_Vd]
   # rows [B, L, ...] of a [B, T, ...] array at positions [B, L]
   at = lambda x_BxTx_, pos_BxM: jnp.take_along_axis(x_BxTx_, pos_BxM[..., None], axis=1)
   if features_BxTxFxD is None:
     target = forward_sequences(target_cfg, target_params, tokens_BxT, cfg.target_layer_ids)
     features_BxTxFxD = target.hidden_BxTxFxD
-    teacher_logits_at = lambda pos_BxM: restrict(at(target.logits_BxTxV, pos_BxM))
+    logits_BxTxVd = (target.logits_BxTxV if d2t_Vd is None else
+                     target.logits_BxTxV[..., d2t_Vd])
+    teacher_logits_at = lambda pos_BxM: at(logits_BxTxVd, pos_BxM)
   elif distill:
     last_BxTxD = features_BxTxFxD[:, :, -1].astype(target_cfg.jnp_dtype)
     features_BxTxFxD = features_BxTxFxD[:, :, :-1]

@@ -19,8 +19,8 @@ def target_forward(c: ModelConfig, tokens: int, context: int, lm_head: bool = Tr
   return 2.0 * tokens * (per_token + lm_head * c.hidden_size * c.vocab_size)
 
 
-def dflash_forward(cfg: dflash.DFlashConfig, target: ModelConfig, context_tokens: int,
-                   block_tokens: int, context: int) -> float:
+def dflash_forward(cfg: dflash.DFlashConfig, context_tokens: int, block_tokens: int,
+                   context: int) -> float:
   """Context projections of `context_tokens` target features, then `block_tokens` block slots
   through the drafter layers (attending over `context` keys), and the LM head over the draft
   vocabulary at the proposal slots (K-1 of every K)."""
@@ -38,7 +38,7 @@ def dflash_train(cfg: dflash.DFlashConfig, target: ModelConfig, batch: int, seq_
   """Target forward over the batch (with a feature cache, whose one-off cost its manifest
   counts, only the teacher's LM head at the labelled positions when distilling), drafter
   forward + backward over all blocks."""
-  drafter = dflash_forward(cfg, target, batch * seq_len, batch * num_anchors * cfg.block_size,
+  drafter = dflash_forward(cfg, batch * seq_len, batch * num_anchors * cfg.block_size,
                            seq_len)
   labelled = batch * num_anchors * (cfg.block_size - 1)
   if not cached_features:
@@ -64,8 +64,8 @@ def opd(cfg, target: ModelConfig, batch: int, prompt_len: int, seq_len: int,
   every position."""
   k = cfg.block_size
   if isinstance(cfg, dflash.DFlashConfig):
-    propose = dflash_forward(cfg, target, batch * k, batch * k, seq_len)
-    replay = dflash_forward(cfg, target, batch * seq_len, batch * num_blocks * k, seq_len)
+    propose = dflash_forward(cfg, batch * k, batch * k, seq_len)
+    replay = dflash_forward(cfg, batch * seq_len, batch * num_blocks * k, seq_len)
   else:  # EAGLE-3: K positions observed, K-2 chained single-token steps; TTT replay
     fuse = len(cfg.target_layer_ids) * cfg.layer.hidden_size ** 2
     propose = 2.0 * batch * (k * fuse + (2 * k - 2) * _eagle3_token_step(cfg, seq_len))
