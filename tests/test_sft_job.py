@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 from inprocess import TINY_HELDOUT, run_job
+from test_event_file import read_events
 
 from draftopd_jax.data.prompts import is_heldout
 from draftopd_jax.io.drafter_checkpoint import load_drafter
@@ -14,16 +15,10 @@ pytestmark = pytest.mark.slow
 
 
 def tensorboard_scalars(directory) -> dict[str, list[tuple[int, float]]]:
-  """Scalars of TensorBoard event files, read back frame by frame (length, crc, event, crc)."""
-  from tensorboardX.proto.event_pb2 import Event
-
+  """Scalars of TensorBoard event files, read back with their CRCs checked."""
   scalars = {}
   for path in directory.glob("events.out.tfevents.*"):
-    blob, at = path.read_bytes(), 0
-    while at < len(blob):
-      size = int.from_bytes(blob[at:at + 8], "little")
-      event = Event.FromString(blob[at + 12:at + 12 + size])
-      at += 12 + size + 4
+    for event in read_events(path):
       for value in event.summary.value:
         scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
   return scalars

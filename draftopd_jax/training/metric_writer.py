@@ -6,7 +6,7 @@ import os
 import pathlib
 from numbers import Number
 
-from tensorboardX import SummaryWriter
+from draftopd_jax.training.event_file import EventFileWriter
 
 
 class MetricWriter:
@@ -15,7 +15,7 @@ class MetricWriter:
   def __init__(self, workdir: str | pathlib.Path, tensorboard: bool = True, enabled: bool = True):
     workdir = pathlib.Path(workdir)
     self.jsonl = open(workdir / "metrics.jsonl" if enabled else os.devnull, "a")
-    self.tensorboard = (SummaryWriter(str(workdir / "tensorboard")) if tensorboard and enabled
+    self.tensorboard = (EventFileWriter(workdir / "tensorboard") if tensorboard and enabled
                         else None)
 
   def write(self, step: int, record: dict) -> None:
@@ -25,11 +25,13 @@ class MetricWriter:
     self.jsonl.flush()
     if self.tensorboard is None:
       return
+    scalars = {}
     for name, value in record.items():
       values = value if isinstance(value, list) else [value]
       for i, v in enumerate(values):
         if isinstance(v, Number):
-          self.tensorboard.add_scalar(f"{name}/{i}" if isinstance(value, list) else name, v, step)
+          scalars[f"{name}/{i}" if isinstance(value, list) else name] = float(v)
+    self.tensorboard.add_scalars(step, scalars)
     self.tensorboard.flush()
 
   def close(self) -> None:
