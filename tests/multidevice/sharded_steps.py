@@ -1,11 +1,16 @@
-"""Run with 8 fake CPU devices: a train step sharded over data=2 x fsdp=2 x tensor=2 (by the
-logical-axis rules) equals the single-device step, for the DFlash SFT step and the Draft-OPD step
-(rollout, replay and update).
+"""Run with 8 fake CPU devices: every 8-device check in one process (one JAX start).
 
-  XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/multidevice/sharded_steps.py sft|opd
-Prints the largest differences and exits non-zero if they exceed the tolerance.
+A train step sharded over data=2 x fsdp=2 x tensor=2 (by the logical-axis rules) equals the
+single-device step, for the DFlash SFT step and the Draft-OPD step (rollout, replay and update).
+The single-device Draft-OPD run's losses and params go to OUT.npz: two_process_steps.py runs the
+same steps on the same batches as two processes and is compared with it. Then pod_config.py.
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/multidevice/sharded_steps.py OUT
+Prints one line per step kind ("ok" or "FAILED") and exits non-zero if any exceeds the tolerance.
 """
 
+import pathlib
+import runpy
 import sys
 
 import jax
@@ -13,53 +18,58 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from draftopd_jax.models import ModelConfig, dflash, init_params
-from draftopd_jax.models.drafters import DFlashDrafter
-from draftopd_jax.opd import update_step
-from draftopd_jax.opd.losses import LossOptions
+from tiny import CFG, D_CFG, OPT, TARGET_SEED, opd_batches, opd_step
+
+from draftopd_jax.models import dflash, init_params
 from draftopd_jax.parallel import sharding
 from draftopd_jax.sft import dflash_loss
 from draftopd_jax.training import trainer
 
 assert jax.device_count() == 8, "set XLA_FLAGS=--xla_force_host_platform_device_count=8"
-CFG = ModelConfig(family="qwen3", vocab_size=64, hidden_size=32, num_layers=4, num_heads=4,
-                  num_kv_heads=2, head_dim=8, intermediate_size=64, qk_norm=True)
-TARGET = init_params(CFG, seed=3)
-D_CFG = dflash.DFlashConfig.for_target(CFG, num_layers=2, block_size=4, mask_token_id=63)
-OPT = trainer.make_optimizer(1e-2, warmup_steps=1, total_steps=10)
-rng = np.random.default_rng(0)
-if sys.argv[1] == "sft":
-  STEP = dflash_loss.step_fn(cfg=D_CFG, target_cfg=CFG, optimizer=OPT, num_anchors=4,
-                                gamma=0.0, distill=False)
+TARGET = init_params(CFG, seed=TARGET_SEED)
+
+
+def step_and_batches(kind: str):
+  if kind == "opd":
+    return opd_step(), [tuple(map(jnp.asarray, batch)) for batch in opd_batches()]
+  rng = np.random.default_rng(0)
+  step = dflash_loss.step_fn(cfg=D_CFG, target_cfg=CFG, optimizer=OPT, num_anchors=4, gamma=0.0,
+                             distill=False)
   mask = jnp.asarray(np.arange(24)[None].repeat(8, 0) >= 6)  # response tokens
-  BATCHES = [(jnp.asarray(rng.integers(0, 63, (8, 24)), jnp.int32), mask) for _ in range(3)]
-else:
-  STEP = update_step.opd_step_fn(drafter=DFlashDrafter(D_CFG), target_cfg=CFG, optimizer=OPT,
-                              rollout=update_step.RolloutOptions(max_new_tokens=10),
-                              loss=LossOptions())
-  mask = jnp.asarray(np.arange(6)[None] >= rng.integers(0, 4, (8, 1)))  # left-padded prompts
-  BATCHES = [(jnp.asarray(rng.integers(1, 60, (8, 6)), jnp.int32), mask) for _ in range(3)]
+  return step, [(jnp.asarray(rng.integers(0, 63, (8, 24)), jnp.int32), mask) for _ in range(3)]
 
 
-def run(step_fn, state, target):
+def run(step_fn, state, target, batches):
   losses = []
-  for batch in BATCHES:
+  for batch in batches:
     state, metrics = step_fn(state, target, *batch)
     losses.append(float(metrics["loss"]))
   return losses, jax.device_get(state.params)
 
 
-fresh_state = lambda: trainer.init_state(dflash.init_params(D_CFG), OPT, 0)
-single_losses, single_params = run(jax.jit(STEP), fresh_state(), TARGET)
-mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
-step, state, target = trainer.shard_step(STEP, mesh, fresh_state(), TARGET)
-specs = {s.spec for s in jax.tree.leaves(jax.tree.map(lambda x: x.sharding, (state, target)))}
-for spec in (P(None, "fsdp", "tensor"), P(None, "tensor", "fsdp"), P("tensor", "fsdp")):
-  assert spec in specs, f"{spec} missing from {specs}"  # stacked q/k/v, o/down, embedding
-sharded_losses, sharded_params = run(step, state, target)
+def check(kind: str) -> tuple[bool, list[float], dict]:
+  """Sharded vs single device; returns (within tolerance, single-device losses and params)."""
+  step_fn, batches = step_and_batches(kind)
+  fresh_state = lambda: trainer.init_state(dflash.init_params(D_CFG), OPT, 0)
+  single_losses, single_params = run(jax.jit(step_fn), fresh_state(), TARGET, batches)
+  mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+  step, state, target = trainer.shard_step(step_fn, mesh, fresh_state(), TARGET)
+  specs = {s.spec for s in jax.tree.leaves(jax.tree.map(lambda x: x.sharding, (state, target)))}
+  for spec in (P(None, "fsdp", "tensor"), P(None, "tensor", "fsdp"), P("tensor", "fsdp")):
+    assert spec in specs, f"{spec} missing from {specs}"  # stacked q/k/v, o/down, embedding
+  sharded_losses, sharded_params = run(step, state, target, batches)
+  loss_gap = max(abs(a - b) for a, b in zip(single_losses, sharded_losses))
+  param_gap = max(float(np.abs(a - b).max()) for a, b in
+                  zip(jax.tree.leaves(single_params), jax.tree.leaves(sharded_params)))
+  ok = loss_gap < 1e-5 and param_gap < 1e-5
+  print(f"{kind}: losses {single_losses} vs {sharded_losses}; max param diff {param_gap:.2e} "
+        f"{'ok' if ok else 'FAILED'}", flush=True)
+  return ok, single_losses, single_params
 
-loss_gap = max(abs(a - b) for a, b in zip(single_losses, sharded_losses))
-param_gap = max(float(np.abs(a - b).max()) for a, b in
-                zip(jax.tree.leaves(single_params), jax.tree.leaves(sharded_params)))
-print(f"losses {single_losses} vs {sharded_losses}; max param diff {param_gap:.2e}")
-sys.exit(0 if loss_gap < 1e-5 and param_gap < 1e-5 else 1)
+
+sft_ok = check("sft")[0]
+opd_ok, losses, params = check("opd")
+np.savez(f"{sys.argv[1]}.npz", losses=np.asarray(losses), **{
+    jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)})
+runpy.run_path(str(pathlib.Path(__file__).with_name("pod_config.py")))
+sys.exit(0 if sft_ok and opd_ok else 1)
