@@ -118,7 +118,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       ttt_steps=7, ttt_decay=0.8,  # EAGLE-3 training-time test: steps, step weight decay**s
       seed=0,
   ))
-  c.heldout = ml_collections.ConfigDict(dict(
+  c.heldout = ml_collections.ConfigDict(dict(  # datasets=() switches held-out tau off
       datasets=("humaneval", "mtbench"), num_prompts=8, max_new_tokens=64))
   # Devices: a ("data", "fsdp", "tensor") mesh (-1 = the devices the other axes leave) and the
   # rules mapping logical axes (parallel/sharding.py: PARAM_AXES) to mesh axes.

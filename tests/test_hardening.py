@@ -52,6 +52,10 @@ def test_unknown_keys_and_bad_values_are_refused():
   no_sets.datasets = ()
   with pytest.raises(UserError, match="datasets=\\(\\) must be at least one of"):
     config_check.check(no_sets)
+  no_heldout = runpy.run_path(str(ROOT / "configs" / "opd.py"))["get_config"]("quick")
+  no_heldout.heldout.datasets = ()  # SFT may skip held-out tau; Draft-OPD reports it
+  with pytest.raises(UserError, match="heldout.datasets=\\(\\) must be at least one of"):
+    config_check.check(no_heldout)
 
 
 def test_unknown_key_in_a_config_file(tmp_path):

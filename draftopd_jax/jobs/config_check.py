@@ -39,6 +39,9 @@ RULES = (
     ("eval", "max_new_tokens", lambda v: v >= 1, "at least 1"),
     ("eval", "num_prompts", lambda v: v >= 1, "at least 1"),
     ("eval", "datasets", lambda v: len(v) >= 1, "at least one of humaneval, mtbench, sharegpt"),
+    # Draft-OPD's result is held-out tau before and after; an SFT job may skip it (no best drafter)
+    ("opd", "heldout.datasets", lambda v: len(v) >= 1,
+     "at least one of humaneval, mtbench, sharegpt"),
     *((mode, key, lambda v: v >= 1, "at least 1") for mode in ("sft", "opd")
       for key in ("eval_every", "log_every", "checkpoint_every", "keep_checkpoints")),
     *((mode, key, lambda v: v >= 0, "0 (off) or more") for mode in ("sft", "opd")

@@ -218,6 +218,8 @@ def run_sft(config, workdir: str | None) -> dict:
   best = BestDrafter(out, drafter, model)
 
   def evaluate(step: int, used_flops: float) -> None:
+    if not config.heldout.datasets:  # held-out evaluation switched off
+      return
     taus = heldout(drafter, full_params(run.state.params), run.target_params)
     run.writer.write(step, {**taus, "train_flops": used_flops})
     tqdm.write(f"step {step}: held-out tau " + format_taus(taus))
@@ -234,11 +236,14 @@ def run_sft(config, workdir: str | None) -> dict:
   run.train(hooks, name="sft", rows=t.batch_size, flops_budget=0.0,
             steps=trainer.budget_steps(t.steps, t.flops_budget, flops_per_step),
             used_flops=run.step * flops_per_step)
-  taus = heldout(drafter, full_params(run.state.params), run.target_params)
-  run.writer.write(run.step, {**taus, "train_flops": run.step * flops_per_step})
+  tau, summary = float("nan"), ""
+  if config.heldout.datasets:
+    taus = heldout(drafter, full_params(run.state.params), run.target_params)
+    run.writer.write(run.step, {**taus, "train_flops": run.step * flops_per_step})
+    tau = taus["heldout_tau"]
+    summary = f"held-out tau {tau:.3f} (best {max(best.tau, tau):.3f}); "
   run.close()
   save_drafter(out / "drafter", drafter, jax.device_get(full_params(run.state.params)), model.cfg,
                model.tokenizer)
-  print(f"done: step {run.step}, held-out tau {taus['heldout_tau']:.3f} (best "
-        f"{max(best.tau, taus['heldout_tau']):.3f}); drafter saved to {out / 'drafter'}")
-  return {"heldout_tau": taus["heldout_tau"], "steps": run.step}
+  print(f"done: step {run.step}, {summary}drafter saved to {out / 'drafter'}")
+  return {"heldout_tau": tau, "steps": run.step}
