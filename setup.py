@@ -34,7 +34,7 @@ setup(
     ],
     extras_require={
         # torch==2.13.0 is the CPU build available offline; a looser pin pulls a multi-GB CUDA build.
-        "test": ["pytest", "pytest-xdist", "scipy", "torch==2.13.0", "accelerate",
+        "test": ["pytest", "pytest-xdist>=3.8", "scipy", "torch==2.13.0", "accelerate",
                  "tensorboardX",  # an independent reader of our TensorBoard event files
                  *TFDS],
         "tfds": TFDS,
