@@ -152,7 +152,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, smollm):
 
   with pytest.raises(UserError, match="^loss became nan .* last good checkpoint is kept"):
     run_job("sft.py:quick", tmp_path, train__learning_rate=1e30, train__steps=12,
-            data__num_prompts=4, train__warmup_steps=1, **TINY_HELDOUT)
+            data__num_prompts=4, data__max_prompt_tokens=64, data__seq_len=96,
+            train__warmup_steps=1, **TINY_HELDOUT)
   checkpointer = Checkpointer(tmp_path / "checkpoints")
   steps = checkpointer.manager.all_steps()
   assert steps and max(steps) < 12

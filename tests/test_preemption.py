@@ -33,11 +33,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def command(workdir: pathlib.Path) -> list[str]:
   # Held-out tau only at the start and the end, on 1 short prompt and 4 tokens (inprocess.py's
   # TINY_HELDOUT): it is logged and saved as in a full run, but its value is not what these tests
-  # check (it took a third of a job). 4 training prompts, not the quick job's 16: 8 steps of 2
-  # still cycle through them, and regenerating and caching features for 14 took 25 s.
+  # check (it took a third of a job). Of the first 4 training prompts, the 3 within 64 tokens, in
+  # 96-token sequences (the quick job: 14 of 16 within 192, in 224): 8 steps of 2 still cycle
+  # through them, and regenerating and caching features for 14 took 25 s.
   return [sys.executable, "-m", "draftopd_jax.main", "--config=configs/sft.py:quick",
           f"--workdir={workdir}", f"--config.train.steps={STEPS}", "--config.eval_every=100",
-          "--config.data.num_prompts=4", "--config.heldout.datasets=('mtbench',)",
+          "--config.data.num_prompts=4", "--config.data.max_prompt_tokens=64",
+          "--config.data.seq_len=96", "--config.heldout.datasets=('mtbench',)",
           "--config.heldout.num_prompts=1", "--config.heldout.max_new_tokens=4",
           "--config.data.feature_cache=True", f"--config.data.feature_cache_dir={workdir}/features"]
 

@@ -32,7 +32,8 @@ def test_eagle3_sft_job_on_chat_prompts(tmp_path, smollm):
       {"role": "user", "content": f"Name a city in country number {i}."},
       {"role": "assistant", "content": "Paris."},
       {"role": "user", "content": "Another one?"}]}) + "\n" for i in range(20)))
-  run_job("sft.py:eagle3_quick", tmp_path, data__source=str(chats), **TINY_HELDOUT)
+  run_job("sft.py:eagle3_quick", tmp_path, data__source=str(chats), data__seq_len=96,
+          **TINY_HELDOUT)  # the chats and their responses fit in 96 tokens
   cached = [json.loads(line) for line in next((tmp_path / "data").glob("*.jsonl")).open()]
   texts = [smollm.tokenizer.decode(r["prompt_ids"]) for r in cached]
   assert len(texts) == 16 and all(t.count("Paris.") == 1 for t in texts)  # whole chats
