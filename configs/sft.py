@@ -122,7 +122,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       datasets=("humaneval", "mtbench"), num_prompts=8, max_new_tokens=64))
   # Devices: a ("data", "fsdp", "tensor") mesh (-1 = the devices the other axes leave) and the
   # rules mapping logical axes (parallel/sharding.py: PARAM_AXES) to mesh axes.
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, expert=1, tensor=1))
   c.sharding_rules = sharding.DEFAULT_RULES
   c.tensorboard = True
   c.eval_every = 100

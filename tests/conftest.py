@@ -71,8 +71,13 @@ def tiny_hf_model(family: str, tie: bool, rope: dict | None = None, seed: int = 
       "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
       "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
       "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+      "qwen3_moe": (transformers.Qwen3MoeConfig, transformers.Qwen3MoeForCausalLM),
   }[family]
-  extra = {"head_dim": 16} if family == "qwen3" else {}
+  extra = {"head_dim": 16} if family.startswith("qwen3") else {}
+  if family == "qwen3_moe":  # 8 experts, top 2, a dense layer among expert layers
+    extra.update(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
+                 **(dict(decoder_sparse_step=2, norm_topk_prob=False) if tie else
+                    dict(mlp_only_layers=[1], norm_topk_prob=True)))
   torch.manual_seed(seed)
   model = model_class(config_class(**common, **extra)).eval()
   with torch.no_grad():

@@ -37,6 +37,12 @@ def write_tiny_gguf(path, hf_model, arch: str, raw_types: dict[str, gguf.GGMLQua
   writer.add_token_types([3, 3] + [1] * (c.vocab_size - 2))
   writer.add_token_merges(["a a", "b b"])
   writer.add_eos_token_id(1)
+  if arch == "qwen3moe":
+    writer.add_expert_count(c.num_experts)
+    writer.add_expert_used_count(c.num_experts_per_tok)
+    writer.add_expert_feed_forward_length(c.moe_intermediate_size)
+    if not c.norm_topk_prob:  # llama.cpp renormalises unless told not to
+      writer.add_expert_weights_norm(False)
 
   hf_names = {v[0]: v[1] for v in LAYER_TENSORS.values()}
   hf_global = {v[0]: v[1] for v in GLOBAL_TENSORS.values()}
@@ -44,6 +50,15 @@ def write_tiny_gguf(path, hf_model, arch: str, raw_types: dict[str, gguf.GGMLQua
     if name == "lm_head.weight" and c.tie_word_embeddings:
       continue  # llama.cpp stores a tied head once, as token_embd
     array = tensor.detach().numpy().astype(np.float32)
+    if name.endswith("mlp.experts.gate_up_proj"):  # stacked experts, [X, out, in] as numpy
+      layer = name.split(".")[2]
+      gate, up = np.split(array, 2, axis=1)
+      writer.add_tensor(f"blk.{layer}.ffn_gate_exps.weight", gate)
+      writer.add_tensor(f"blk.{layer}.ffn_up_exps.weight", up)
+      continue
+    if name.endswith("mlp.experts.down_proj"):
+      writer.add_tensor(f"blk.{name.split('.')[2]}.ffn_down_exps.weight", array)
+      continue
     if name in hf_global:
       gguf_name = hf_global[name]
     else:

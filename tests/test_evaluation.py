@@ -72,9 +72,11 @@ def test_mtbench_first_turns():
 # width were most of the suite's longest test.
 # The oracle's 24 tokens are three whole blocks (tau = K); the untrained drafter commits about a
 # token per step, and each of its tokens costs a verify step (decoding was most of this test).
+# The draft-model run has SmolLM2-135M draft for itself: identical output (lossless) and every
+# proposal accepted (tau = K), through the zoo loader and the drafter's own KV cache.
 @pytest.mark.parametrize("variant,tau,datasets,tokens", [
-    ("oracle", 8.0, ("mtbench",), 24), ("dflash", None, ("humaneval", "sharegpt"), 12)],
-                         ids=["oracle", "dflash"])
+    ("oracle", 8.0, ("mtbench",), 24), ("dflash", None, ("humaneval", "sharegpt"), 12),
+    ("draft_model", 8.0, ("mtbench",), 24)], ids=["oracle", "dflash", "draft_model"])
 def test_eval_job_writes_results_and_plots(tmp_path, variant, tau, datasets, tokens, capsys):
   run_job(f"eval.py:{variant}", tmp_path, num_prompts=1, max_new_tokens=tokens, datasets=datasets)
   results = json.loads((tmp_path / "results.json").read_text())

@@ -14,13 +14,15 @@ from draftopd_jax.models import KVCache, forward
 
 
 @pytest.mark.parametrize("family,tie", [("llama", True), ("llama", False), ("qwen2", False),
-                                        ("qwen3", True)])
+                                        ("qwen3", True), ("qwen3_moe", False), ("qwen3_moe", True)])
 def test_gguf_params_give_transformers_logits(tmp_path, family, tie):
   hf = tiny_hf_model(family, tie)
-  write_tiny_gguf(tmp_path / "m.gguf", hf, family)
+  write_tiny_gguf(tmp_path / "m.gguf", hf, family.replace("_", ""))  # llama.cpp says qwen3moe
   cfg, params, meta = load_gguf(tmp_path / "m.gguf")
   assert (cfg.family, cfg.tie_embeddings, cfg.qkv_bias, cfg.qk_norm) == (
-      family, tie, family == "qwen2", family == "qwen3")
+      family, tie, family == "qwen2", family.startswith("qwen3"))
+  assert cfg.sparse_layers == tuple(hf.model.layers[i].mlp.__class__.__name__.endswith("MoeBlock")
+                                    for i in range(cfg.num_layers))
   tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 16))
   out = forward(cfg, params, jnp.asarray(tokens), jnp.broadcast_to(jnp.arange(16), (2, 16)),
                 KVCache.create(cfg, 2, 16))

@@ -43,10 +43,19 @@ def test_sharded_opd_step_equals_single_device(eight_devices):
   assert "max param diff" in line and line.endswith(" ok"), line
 
 
-def test_pod_config_shards_a_qwen3_8b_target_and_lowers(eight_devices):
+def test_expert_parallel_opd_step_on_a_moe_target_equals_single_device(eight_devices):
+  """data x expert x tensor: the experts of the Qwen3-MoE target split over "expert"."""
+  line = check_line(eight_devices[0], "moe-opd")
+  assert "max param diff" in line and line.endswith(" ok"), line
+
+
+def test_pod_configs_shard_their_targets_and_lower(eight_devices):
+  """Qwen3-8B (fsdp=8) and Qwen3-30B-A3B (expert=8): split 8 ways, the steps lower."""
   result = eight_devices[0]
   assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-  assert "lowered:" in result.stdout and "opd lowered:" in result.stdout
+  for line in ("lowered:", "qwen3_8b_pod opd lowered:", "qwen3_30b_a3b_pod opd lowered:",
+               "qwen3_30b_a3b_pod target: 56.87 GiB, 7.13 GiB per device"):
+    assert line in result.stdout, result.stdout
 
 
 def test_regeneration_split_over_devices_equals_one_device():

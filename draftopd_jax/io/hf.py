@@ -16,6 +16,7 @@ ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
 }
 
 
@@ -49,9 +50,20 @@ def config_from_hf(hf: dict[str, Any], dtype: str = "float32") -> ModelConfig:
       tie_embeddings=hf.get("tie_word_embeddings", False),
       qkv_bias=family == "qwen2" or attention_bias,
       o_bias=attention_bias,
-      qk_norm=family == "qwen3",
+      qk_norm=family in ("qwen3", "qwen3_moe"),
       dtype=dtype,
+      **(_moe_fields(hf) if family == "qwen3_moe" else {}),
   )
+
+
+def _moe_fields(hf: dict[str, Any]) -> dict[str, Any]:
+  # Published configs say num_experts; transformers 5 writes num_local_experts.
+  return dict(num_experts=hf.get("num_experts") or hf["num_local_experts"],
+              num_experts_per_tok=hf["num_experts_per_tok"],
+              moe_intermediate_size=hf["moe_intermediate_size"],
+              norm_topk_prob=hf.get("norm_topk_prob", False),
+              decoder_sparse_step=hf.get("decoder_sparse_step", 1),
+              mlp_only_layers=tuple(hf.get("mlp_only_layers") or ()))
 
 
 def load_hf_folder(folder: str | pathlib.Path, dtype: str = "float32") -> tuple[ModelConfig, Params]:

@@ -23,10 +23,10 @@ from draftopd_jax.evaluation import metrics, plots
 from draftopd_jax.io import LoadedModel, load_model
 from draftopd_jax.io.drafter_checkpoint import load_drafter
 from draftopd_jax.jobs.new_drafter import new_drafter
-from draftopd_jax.models.drafters import Autoregressive, Oracle
+from draftopd_jax.models.drafters import Autoregressive, DraftModel, Oracle, draft_model_params
 from draftopd_jax.sampling import SamplingConfig
 
-DRAFTER_KINDS = ("dflash", "eagle3", "oracle")
+DRAFTER_KINDS = ("dflash", "eagle3", "oracle", "draft_model")
 
 
 def build_drafter(c, model: LoadedModel):
@@ -40,10 +40,27 @@ def build_drafter(c, model: LoadedModel):
     return load_drafter(c.checkpoint, model.cfg, model.tokenizer)
   if c.kind == "oracle":
     return Oracle(block_size=c.block_size), None
+  if c.kind == "draft_model":
+    return load_draft_model(c.model, c.block_size, model)
   # An EAGLE-3 draft vocabulary: the most frequent target tokens of ShareGPT training prompts.
   return new_drafter(c, model.cfg, c.seed, lambda: sum(
       np.bincount(ids, minlength=model.cfg.vocab_size)
       for ids in encode_prompts(model, sharegpt_prompts("train", 500), chat_template=False)))
+
+
+def load_draft_model(name_or_path: str, block_size: int, target: LoadedModel):
+  """A smaller LM as the drafter; its tokenizer must be the target's (the same ids, the same
+  tokens), else its proposals would be other words."""
+  if not name_or_path:
+    raise UserError("config.drafter.model is empty: name the draft model (a zoo name, a .gguf "
+                    "file or a Hugging Face folder)")
+  draft = load_model(name_or_path, dtype=target.cfg.dtype)
+  if draft.tokenizer.fingerprint != target.tokenizer.fingerprint:
+    raise UserError(f"draft model {name_or_path} has another vocabulary (tokenizer "
+                    f"{draft.tokenizer.fingerprint}) than the target (tokenizer "
+                    f"{target.tokenizer.fingerprint}); use a draft model with the target's tokenizer")
+  return (DraftModel(draft.cfg, block_size, target.cfg.vocab_size),
+          draft_model_params(draft.cfg, draft.params))
 
 
 def timed_decode(model: LoadedModel, tokens, mask, drafter, params, max_new_tokens: int,
@@ -107,8 +124,9 @@ def run_eval(config, workdir: str | None) -> dict:
   out.mkdir(parents=True, exist_ok=True)
   model = load_model(config.model, dtype=config.dtype)
   drafter, params = build_drafter(config.drafter, model)
-  results = {"model": config.model, "drafter": config.drafter.checkpoint or
-             f"untrained {config.drafter.kind}", "block_size": drafter.block_size,
+  results = {"model": config.model, "drafter": config.drafter.checkpoint or (
+      f"draft model {config.drafter.model}" if config.drafter.kind == "draft_model" else
+      f"untrained {config.drafter.kind}"), "block_size": drafter.block_size,
              "max_new_tokens": config.max_new_tokens, "datasets": {}}
   sets = {name: encode_prompts(model, eval_prompts(name, config.num_prompts,
                                                    config.heldout_fraction), config.chat_template)

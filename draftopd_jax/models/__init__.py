@@ -1,4 +1,4 @@
-"""Pure-functional networks: the target decoder family, the DFlash and EAGLE-3 drafters, and the
+"""Pure-functional networks: the target decoder family (dense and mixture-of-experts), the DFlash and EAGLE-3 drafters, and the
 drafter interface the engine and the training steps use (`drafters.py`).
 
 Tensor names end in their shape, one letter (or letter group) per axis: `logits_BxNxK1xV`. Every
@@ -15,6 +15,7 @@ letter has one meaning throughout the package:
   Hq   query heads                      Hkv  key/value heads; G = Hq / Hkv query heads per KV head
   R    query rows of one KV head, T x G H    head dimension; H2 = H / 2 rotary frequencies
   O, I output and input width of a weight matrix
+  X    experts of a MoE layer           A    experts routed per token; J an expert's hidden width
 
 Merged axes are written together (`BxNK1xV`: N x K1 rows per batch row), `_` stands for any
 trailing axes, and a number is a literal size or a factor (`2D`: two D-wide inputs side by side).

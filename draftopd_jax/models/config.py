@@ -1,4 +1,4 @@
-"""Architecture description of a target decoder (Llama / Qwen2 / Qwen3 family).
+"""Architecture description of a target decoder (Llama / Qwen2 / Qwen3 / Qwen3-MoE family).
 
 The config is a frozen, hashable dataclass so it can be a static argument of jitted functions.
 """
@@ -8,15 +8,19 @@ from typing import Any
 
 import jax.numpy as jnp
 
-FAMILIES = ("llama", "qwen2", "qwen3")
+FAMILIES = ("llama", "qwen2", "qwen3", "qwen3_moe")
+MOE_DISPATCHES = ("dense", "ragged")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Shapes and numerics of a decoder-only target model.
 
-  The three families differ only in two switches: Qwen2 adds a bias to the Q/K/V projections
-  (`qkv_bias`), Qwen3 RMS-normalizes each query/key head before RoPE (`qk_norm`).
+  The dense families differ only in two switches: Qwen2 adds a bias to the Q/K/V projections
+  (`qkv_bias`), Qwen3 RMS-normalizes each query/key head before RoPE (`qk_norm`). Qwen3-MoE is
+  Qwen3 whose sparse layers (`sparse_layers`, Hugging Face's rule) route each token to
+  `num_experts_per_tok` of `num_experts` SwiGLU experts; its other layers keep a dense MLP of
+  `intermediate_size`.
   """
 
   family: str
@@ -38,6 +42,14 @@ class ModelConfig:
   o_bias: bool = False
   qk_norm: bool = False
   dtype: str = "float32"
+  num_experts: int = 0  # 0: a dense model
+  num_experts_per_tok: int = 0
+  moe_intermediate_size: int = 0
+  norm_topk_prob: bool = False  # renormalise the chosen experts' gates to sum to 1
+  decoder_sparse_step: int = 1
+  mlp_only_layers: tuple[int, ...] = ()
+  # How tokens reach their experts; the same numbers either way (models/moe.py says when each wins).
+  moe_dispatch: str = "dense"
 
   def __post_init__(self):
     if self.family not in FAMILIES:
@@ -45,6 +57,30 @@ class ModelConfig:
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
           f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+    if self.num_experts and not 0 < self.num_experts_per_tok <= self.num_experts:
+      raise ValueError(f"num_experts_per_tok={self.num_experts_per_tok} must be in 1.."
+                       f"{self.num_experts} (num_experts)")
+    if self.moe_dispatch not in MOE_DISPATCHES:
+      raise ValueError(f"unknown moe_dispatch {self.moe_dispatch!r}; expected one of "
+                       f"{MOE_DISPATCHES}")
+
+  @property
+  def sparse_layers(self) -> tuple[bool, ...]:
+    """Per layer: does its MLP route tokens to experts? (Hugging Face's Qwen3-MoE rule.)"""
+    return tuple(self.num_experts > 0 and i not in self.mlp_only_layers
+                 and (i + 1) % self.decoder_sparse_step == 0 for i in range(self.num_layers))
+
+  @property
+  def layer_stacks(self) -> dict[str, tuple[int, ...]]:
+    """Parameter subtrees of stacked layers -> the model layers each holds, in order. Layers with
+    different MLPs cannot share one stack: `layers` holds the expert layers of a MoE model (all
+    layers of a dense one), `dense_layers` a MoE model's dense-MLP layers, if it has any."""
+    sparse = self.sparse_layers
+    if not any(sparse):
+      return {"layers": tuple(range(self.num_layers))}
+    dense = tuple(i for i, s in enumerate(sparse) if not s)
+    return {"layers": tuple(i for i, s in enumerate(sparse) if s),
+            **({"dense_layers": dense} if dense else {})}
 
   @property
   def jnp_dtype(self) -> jnp.dtype:
@@ -66,6 +102,7 @@ class ModelConfig:
   def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
     d = dict(d)
     d["rope_scaling"] = freeze_rope_scaling(d.get("rope_scaling"))
+    d["mlp_only_layers"] = tuple(d.get("mlp_only_layers", ()))  # a list after a JSON round trip
     return cls(**d)
 
 

@@ -19,7 +19,8 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 
-from draftopd_jax.models import ModelConfig, dflash, eagle3
+from draftopd_jax.models import KVCache, ModelConfig, dflash, eagle3, forward
+from draftopd_jax.models.transformer import split_layers
 
 Target = tuple[ModelConfig, dict]  # (config, params) of the frozen target
 
@@ -161,3 +162,47 @@ class Eagle3Drafter(_ConfiguredDrafter):
     # The draft steps' cache writes sit past the anchor; observe() overwrites them.
     proposals_BxK1 = jnp.concatenate([first_B[:, None], rest_K2xB.T], axis=1)
     return proposals_BxK1.astype(jnp.int32), state
+
+
+@dataclasses.dataclass(frozen=True)
+class DraftModel:
+  """A smaller causal LM of the target family with the same vocabulary (transformers' assisted
+  generation, vLLM's draft model): the baseline a trained drafter has to beat. params
+  (`draft_model_params`): its weights and their per-layer split. It sees only tokens: `observe`
+  writes the committed tokens into its own KV cache, `propose` runs it K-1 times from the anchor.
+  Its cache rolls back by position, like the target's: slots past the anchor are rewritten
+  before any query reads them."""
+
+  cfg: ModelConfig
+  block_size: int
+  target_vocab_size: int  # proposals stay below it, even if the draft model pads its vocabulary
+  layer_ids: tuple[int, ...] = ()
+
+  def init_state(self, params, batch: int, max_len: int) -> KVCache:
+    return KVCache.create(self.cfg, batch, max_len)
+
+  def _forward(self, params, tokens_BxT, positions_BxT, cache, **kwargs):
+    return forward(self.cfg, params["model"], tokens_BxT, positions_BxT, cache,
+                   layer_params=params["layers"], **kwargs)
+
+  def observe(self, params, target, cache, tokens_BxS, positions_BxT, features, anchor_pos_B):
+    return self._forward(params, gather_positions(tokens_BxS, positions_BxT), positions_BxT, cache,
+                         logits_at_BxM=jnp.zeros_like(positions_BxT[:, :1])).cache  # 1 row: unused
+
+  def propose(self, params, target, cache, tokens_BxS, anchor_pos_B):
+    def draft_step(carry, offset):
+      token_B, cache = carry
+      out = self._forward(params, token_B[:, None], (anchor_pos_B + offset)[:, None], cache)
+      next_B = jnp.argmax(out.logits_BxTxV[:, 0, :self.target_vocab_size], -1).astype(jnp.int32)
+      return (next_B, out.cache), next_B
+
+    anchor_B = gather_positions(tokens_BxS, anchor_pos_B[:, None])[:, 0]
+    (_, cache), proposals_K1xB = jax.lax.scan(draft_step, (anchor_B, cache),
+                                              jnp.arange(self.block_size - 1))
+    return proposals_K1xB.T, cache
+
+
+def draft_model_params(cfg: ModelConfig, params: dict) -> dict[str, Any]:
+  """A draft model's params as `DraftModel` takes them: split into layers once, here, because a
+  decoding loop that sliced them on every call would copy each layer's weights per token."""
+  return {"model": params, "layers": split_layers(cfg, params)}

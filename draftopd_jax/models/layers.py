@@ -6,6 +6,7 @@ import numpy as np
 from flax import nnx
 
 from draftopd_jax.models.config import ModelConfig
+from draftopd_jax.models.moe import MoE
 from draftopd_jax.models.rope import apply_rope
 
 
@@ -114,13 +115,13 @@ class SwiGLU(nnx.Module):
 
 
 class DecoderLayer(nnx.Module):
-  """Pre-norm attention + SwiGLU block with residual connections."""
+  """Pre-norm attention + SwiGLU (or mixture-of-experts) block with residual connections."""
 
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, sparse: bool = False):
     self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.jnp_dtype)
     self.attn = Attention(cfg, rngs)
     self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.jnp_dtype)
-    self.mlp = SwiGLU(cfg, rngs)
+    self.mlp = MoE(cfg, rngs) if sparse else SwiGLU(cfg, rngs)
 
   def __call__(self, x_BxTxD, positions_BxT, k_cache, v_cache, rope):
     attn_BxTxD, k_cache, v_cache = self.attn(self.attn_norm(x_BxTxD), positions_BxT, k_cache,

@@ -58,12 +58,8 @@ class Transformer(nnx.Module):
     self.embed = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.jnp_dtype,
                            param_dtype=cfg.jnp_dtype, rngs=rngs)
 
-    @nnx.split_rngs(splits=cfg.num_layers)
-    @nnx.vmap(in_axes=(0,), out_axes=0)
-    def stacked_layers(rngs: nnx.Rngs) -> DecoderLayer:
-      return DecoderLayer(cfg, rngs)
-
-    self.layers = stacked_layers(rngs)
+    for name, ids in cfg.layer_stacks.items():
+      setattr(self, name, _stacked_layers(cfg, len(ids), cfg.sparse_layers[ids[0]], rngs))
     self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.jnp_dtype)
     if not cfg.tie_embeddings:
       self.lm_head = nnx.Linear(cfg.hidden_size, cfg.vocab_size, use_bias=False,
@@ -76,51 +72,60 @@ class Transformer(nnx.Module):
     cfg = self.cfg
     x_BxTxD = self.embed(tokens_BxT)
     rope = inverse_frequencies(cfg)
-    layer_graph, stacked_state = nnx.split(self.layers)
+    stacks = {name: nnx.split(getattr(self, name)) for name in cfg.layer_stacks}
     if layer_params is None:
-      x_BxTxD, cache, hidden_BxTxFxD = self._scan_layers(layer_graph, stacked_state, x_BxTxD,
-                                                         positions_BxT, cache, layer_ids, rope)
+      x_BxTxD, cache, hidden_BxTxFxD = self._scan_layers(stacks, x_BxTxD, positions_BxT, cache,
+                                                         layer_ids, rope)
     else:
-      x_BxTxD, cache, hidden_BxTxFxD = self._unrolled_layers(layer_graph, layer_params, x_BxTxD,
+      x_BxTxD, cache, hidden_BxTxFxD = self._unrolled_layers(stacks, layer_params, x_BxTxD,
                                                              positions_BxT, cache, layer_ids, rope)
     if logits_at_BxM is not None:
       x_BxTxD = jnp.take_along_axis(x_BxTxD, logits_at_BxM[:, :, None], axis=1)
     return ForwardOutput(logits_BxTxV=self.logits(x_BxTxD), cache=cache,
                          hidden_BxTxFxD=hidden_BxTxFxD)
 
-  def _scan_layers(self, layer_graph, stacked_state, x_BxTxD, positions_BxT, cache, layer_ids,
-                   rope):
+  def _scan_layers(self, stacks, x_BxTxD, positions_BxT, cache, layer_ids, rope):
     """One forward (training, prefill): a scan compiles the layer once, and on CPU it also ran a
     64-token forward of the 30-layer target faster than the unrolled layers (0.23 vs 0.35 s, and
     0.4 vs 3.4 s to compile). The requested layers' outputs go into a carried [F, ...] buffer,
-    so the scan never stacks all L layers' activations."""
+    so the scan never stacks all L layers' activations. A MoE model with dense layers among its
+    expert layers scans each run of consecutive layers of one kind."""
     kept = sorted(set(layer_ids))  # a layer may be requested twice
     slot_of_layer = [kept.index(i) if i in kept else len(kept) for i in range(self.cfg.num_layers)]
     hidden_FxBxTxD = jnp.zeros((len(kept) + 1,) + x_BxTxD.shape, x_BxTxD.dtype)  # last: discarded
+    keys, values = [], []
+    for name, first, ids in layer_runs(self.cfg):
+      layer_graph, stacked_state = stacks[name]
+      if len(ids) < len(self.cfg.layer_stacks[name]):
+        stacked_state = jax.tree.map(lambda a: a[first:first + len(ids)], stacked_state)
 
-    def layer(carry, per_layer):
-      x_BxTxD, hidden_FxBxTxD = carry
-      state, k_cache, v_cache, slot = per_layer
-      x_BxTxD, k_cache, v_cache = nnx.merge(layer_graph, state)(x_BxTxD, positions_BxT, k_cache,
-                                                                v_cache, rope)
-      hidden_FxBxTxD = jax.lax.dynamic_update_index_in_dim(hidden_FxBxTxD, x_BxTxD, slot, 0)
-      return (x_BxTxD, hidden_FxBxTxD), (k_cache, v_cache)
+      def layer(carry, per_layer, layer_graph=layer_graph):
+        x_BxTxD, hidden_FxBxTxD = carry
+        state, k_cache, v_cache, slot = per_layer
+        x_BxTxD, k_cache, v_cache = nnx.merge(layer_graph, state)(x_BxTxD, positions_BxT,
+                                                                  k_cache, v_cache, rope)
+        hidden_FxBxTxD = jax.lax.dynamic_update_index_in_dim(hidden_FxBxTxD, x_BxTxD, slot, 0)
+        return (x_BxTxD, hidden_FxBxTxD), (k_cache, v_cache)
 
-    (x_BxTxD, hidden_FxBxTxD), (k_LxBxHkvxSxH, v_LxBxHkvxSxH) = jax.lax.scan(
-        layer, (x_BxTxD, hidden_FxBxTxD),
-        (stacked_state, jnp.stack(cache.k_BxHkvxSxH), jnp.stack(cache.v_BxHkvxSxH),
-         jnp.asarray(slot_of_layer, jnp.int32)))
-    cache = KVCache(tuple(k_LxBxHkvxSxH), tuple(v_LxBxHkvxSxH))
+      (x_BxTxD, hidden_FxBxTxD), (k_LxBxHkvxSxH, v_LxBxHkvxSxH) = jax.lax.scan(
+          layer, (x_BxTxD, hidden_FxBxTxD),
+          (stacked_state, jnp.stack([cache.k_BxHkvxSxH[i] for i in ids]),
+           jnp.stack([cache.v_BxHkvxSxH[i] for i in ids]),
+           jnp.asarray([slot_of_layer[i] for i in ids], jnp.int32)))
+      keys += list(k_LxBxHkvxSxH)
+      values += list(v_LxBxHkvxSxH)
     hidden_FxBxTxD = hidden_FxBxTxD[jnp.asarray([kept.index(i) for i in layer_ids], jnp.int32)]
-    return x_BxTxD, cache, jnp.moveaxis(hidden_FxBxTxD, 0, 2)
+    return x_BxTxD, KVCache(tuple(keys), tuple(values)), jnp.moveaxis(hidden_FxBxTxD, 0, 2)
 
-  def _unrolled_layers(self, layer_graph, layer_params, x_BxTxD, positions_BxT, cache, layer_ids,
+  def _unrolled_layers(self, stacks, layer_params, x_BxTxD, positions_BxT, cache, layer_ids,
                        rope):
     """Inside a decoding loop: a scan would slice each layer's weights and cache out of stacked
     arrays on every call, a copy of all weights and the whole cache per generated token."""
+    graph_of_layer = {i: stacks[name][0] for name, ids in self.cfg.layer_stacks.items()
+                      for i in ids}
     keys, values, hidden = [], [], {}
     for i in range(self.cfg.num_layers):
-      x_BxTxD, k_cache, v_cache = nnx.merge(layer_graph, layer_params[i])(
+      x_BxTxD, k_cache, v_cache = nnx.merge(graph_of_layer[i], layer_params[i])(
           x_BxTxD, positions_BxT, cache.k_BxHkvxSxH[i], cache.v_BxHkvxSxH[i], rope)
       keys.append(k_cache)
       values.append(v_cache)
@@ -166,9 +171,35 @@ def param_shapes(cfg: ModelConfig) -> Params:
   return nnx.to_pure_dict(_abstract_state(cfg)[1])
 
 
-def split_layers(stacked_layers, num_layers: int) -> tuple:
-  """Per-layer parameter trees out of the stacked ones (`params["layers"]`)."""
-  return tuple(jax.tree.map(lambda a: a[i], stacked_layers) for i in range(num_layers))
+def _stacked_layers(cfg: ModelConfig, count: int, sparse: bool, rngs: nnx.Rngs) -> DecoderLayer:
+
+  @nnx.split_rngs(splits=count)
+  @nnx.vmap(in_axes=(0,), out_axes=0)
+  def stacked_layers(rngs: nnx.Rngs) -> DecoderLayer:
+    return DecoderLayer(cfg, rngs, sparse)
+
+  return stacked_layers(rngs)
+
+
+def layer_runs(cfg: ModelConfig) -> list[tuple[str, int, list[int]]]:
+  """Consecutive model layers kept in one stack: (stack name, index of the first in the stack,
+  model layer ids). One run for a dense model or a MoE model with expert layers only."""
+  runs = []
+  for name, ids in cfg.layer_stacks.items():
+    for position, i in enumerate(ids):
+      if runs and runs[-1][0] == name and runs[-1][2][-1] == i - 1:
+        runs[-1][2].append(i)
+      else:
+        runs.append((name, position, [i]))
+  return sorted(runs, key=lambda run: run[2][0])
+
+
+def split_layers(cfg: ModelConfig, params: Params) -> tuple:
+  """Per-layer parameter trees out of the stacked ones (`params["layers"]`, and
+  `params["dense_layers"]` of a MoE model with dense layers), in model order."""
+  per_layer = {i: jax.tree.map(lambda a, position=position: a[position], params[name])
+               for name, ids in cfg.layer_stacks.items() for position, i in enumerate(ids)}
+  return tuple(per_layer[i] for i in range(cfg.num_layers))
 
 
 def forward(cfg: ModelConfig, params: Params, tokens_BxT: jax.Array, positions_BxT: jax.Array,
@@ -179,7 +210,7 @@ def forward(cfg: ModelConfig, params: Params, tokens_BxT: jax.Array, positions_B
   Prefill, one-token decoding and K-token verification are the same call with T = prompt length,
   1 and K. Each query attends to the cache slots at or before its own position. Without
   `layer_params` the layers run in a scan. A loop that calls this many times passes
-  `layer_params = split_layers(params["layers"], L)`, made once outside the loop: the layers then
+  `layer_params = split_layers(cfg, params)`, made once outside the loop: the layers then
   run unrolled, and the per-layer weights and caches are not sliced out again on every call. With
   `logits_at_BxM` (token indices) only those rows get logits (`logits_BxTxV` is then [B, M, V]):
   a prefill needs the last prompt token's alone, and the LM head is a fifth of a small model.

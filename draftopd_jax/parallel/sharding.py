@@ -3,7 +3,8 @@
 Two tables decide where every array lives:
 * `PARAM_AXES` (here) names the logical axes of each parameter by its path, for the target and
   both drafters (and so for the optimizer state, whose leaves end in the same paths);
-* the config's `sharding_rules` map logical axes to mesh axes ("data", "fsdp", "tensor"), e.g.
+* the config's `sharding_rules` map logical axes to mesh axes ("data", "fsdp", "expert",
+  "tensor"), e.g.
   `(("batch", ("data", "fsdp")), ("embed", "fsdp"), ("vocab", "tensor"), ...)`.
 A dimension stays replicated when its logical axis has no rule, its size does not divide by the
 mesh axes, or those mesh axes already split another dimension of the same array.
@@ -16,18 +17,23 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-AXES = ("data", "fsdp", "tensor")
+AXES = ("data", "fsdp", "expert", "tensor")
 
 Rules = Sequence[tuple[str, str | Sequence[str] | None]]
 
 # FSDP for the weights (split "embed" over "fsdp"), Megatron-style tensor parallelism for heads,
-# MLP and vocabulary, batch rows over every data-parallel axis.
+# MLP and vocabulary, batch rows over every data-parallel axis. Expert parallelism: a MoE layer's
+# experts split over "expert", which is a data-parallel axis for everything else (GShard's
+# layout), FSDP-sharded like "fsdp"; XLA moves each token's activations to its experts' devices
+# and back.
 DEFAULT_RULES: Rules = (
-    ("batch", ("data", "fsdp")),
-    ("embed", "fsdp"),
+    ("batch", ("data", "fsdp", "expert")),
+    ("embed", ("fsdp", "expert")),
     ("heads", "tensor"),
     ("mlp", "tensor"),
     ("vocab", "tensor"),
+    ("expert", "expert"),
+    ("expert_mlp", "tensor"),
 )
 
 # (regex on the parameter path "a/b/c", logical axes of its trailing dimensions). Leading
@@ -40,19 +46,23 @@ PARAM_AXES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (r"(gate|up)/kernel$", ("embed", "mlp")),
     (r"down/kernel$", ("mlp", "embed")),
     (r"fc/kernel$", ("features", "embed")),
+    (r"(gate|up)_XxDxJ$", ("expert", "embed", "expert_mlp")),
+    (r"down_XxJxD$", ("expert", "expert_mlp", "embed")),
 )
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1) -> Mesh:
-  """A ("data", "fsdp", "tensor") mesh over all devices; -1 takes what the others leave."""
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, expert: int = 1) -> Mesh:
+  """A ("data", "fsdp", "expert", "tensor") mesh over all devices; -1 takes what the others
+  leave."""
   count = jax.device_count()
   if data == -1:
-    data = count // (fsdp * tensor)
-  if data < 1 or data * fsdp * tensor != count:
-    raise ValueError(f"mesh data={data} x fsdp={fsdp} x tensor={tensor} does not match the "
-                     f"{count} devices; set config.mesh so the product is {count}")
+    data = count // (fsdp * expert * tensor)
+  if data < 1 or data * fsdp * expert * tensor != count:
+    raise ValueError(f"mesh data={data} x fsdp={fsdp} x expert={expert} x tensor={tensor} does "
+                     f"not match the {count} devices; set config.mesh so the product is {count}")
   # Auto axes: XLA propagates shardings through the model code, which needs no annotations.
-  return jax.make_mesh((data, fsdp, tensor), AXES, axis_types=(AxisType.Auto,) * len(AXES))
+  return jax.make_mesh((data, fsdp, expert, tensor), AXES,
+                       axis_types=(AxisType.Auto,) * len(AXES))
 
 
 def _mesh_axes(rules: Rules, logical: str | None) -> tuple[str, ...]:
