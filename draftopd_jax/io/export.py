@@ -101,7 +101,8 @@ def _vocab_maps(d2t_Vd: np.ndarray, vocab_size: int) -> dict[str, np.ndarray]:
 def _speculators_config(algorithm: str, speculative_tokens: int, verifier: str,
                         target_cfg: ModelConfig) -> dict:
   architecture = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                  "qwen3": "Qwen3ForCausalLM"}[target_cfg.family]
+                  "qwen3": "Qwen3ForCausalLM",
+                  "qwen3_moe": "Qwen3MoeForCausalLM"}[target_cfg.family]
   return {"algorithm": algorithm,
           "proposal_methods": [{"proposal_type": "greedy", "speculative_tokens": speculative_tokens,
                                 "verifier_accept_k": 1, "accept_tolerance": 0.0}],
