@@ -11,7 +11,7 @@ from safetensors.numpy import save_file
 
 from draftopd_jax.errors import UserError
 from draftopd_jax.io.hf import load_hf_folder
-from draftopd_jax.models import ModelConfig
+from draftopd_jax.models import ModelConfig, dflash, eagle3
 
 
 def test_fused_and_per_expert_layouts_give_the_same_params(tmp_path):
@@ -44,6 +44,10 @@ def test_config_checks_and_round_trip():
                     decoder_sparse_step=2, mlp_only_layers=(3,))
   assert cfg.sparse_layers == (False, True, False, False)
   assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+  # Drafters of a MoE target stay dense.
+  assert dflash.DFlashConfig.for_target(cfg, mask_token_id=0).layer.num_experts == 0
+  assert eagle3.Eagle3Config.for_target(cfg, block_size=4, draft_vocab_size=32).layer == (
+      cfg.dense().replace(num_layers=1, qk_norm=False))
   with pytest.raises(ValueError, match="num_experts_per_tok=9 must be in 1..8"):
     cfg.replace(num_experts_per_tok=9)
   with pytest.raises(ValueError, match="unknown moe_dispatch 'sorted'"):

@@ -90,6 +90,12 @@ class ModelConfig:
   def rope_scaling_dict(self) -> dict[str, Any]:
     return dict(self.rope_scaling)
 
+  def dense(self) -> "ModelConfig":
+    """The same model without experts (the drafters' layers: drafters stay dense)."""
+    return self.replace(family="qwen3" if self.family == "qwen3_moe" else self.family,
+                        num_experts=0, num_experts_per_tok=0, moe_intermediate_size=0,
+                        norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=())
+
   def replace(self, **changes) -> "ModelConfig":
     return dataclasses.replace(self, **changes)
 

@@ -69,8 +69,8 @@ class DFlashConfig:
                       or vocab_ids[-1] >= target.vocab_size):
       raise ValueError(f"vocab_ids must be distinct ascending token ids of the target "
                        f"(vocabulary {target.vocab_size})")
-    layer = target.replace(family="qwen3", qk_norm=True, qkv_bias=False, o_bias=False,
-                           num_layers=num_layers)
+    layer = target.dense().replace(family="qwen3", qk_norm=True, qkv_bias=False, o_bias=False,
+                                   num_layers=num_layers)
     return cls(num_layers=num_layers, block_size=block_size, target_layer_ids=ids,
                mask_token_id=mask_token_id, layer=layer, own_final_norm=own_final_norm,
                vocab_ids=vocab_ids)

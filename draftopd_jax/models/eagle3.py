@@ -40,7 +40,7 @@ class Eagle3Config:
       raise ValueError(f"block_size must be >= 2 (anchor + proposals), got {block_size}")
     if not 0 < draft_vocab_size <= target.vocab_size:
       raise ValueError(f"draft_vocab_size must be in [1, {target.vocab_size}], got {draft_vocab_size}")
-    layer = target.replace(num_layers=1, qkv_bias=False, o_bias=False, qk_norm=False)
+    layer = target.dense().replace(num_layers=1, qkv_bias=False, o_bias=False, qk_norm=False)
     ids = tuple(target_layer_ids or default_layer_ids(target.num_layers))
     check_layer_ids(ids, target.num_layers)
     return cls(block_size=block_size, target_layer_ids=ids, draft_vocab_size=draft_vocab_size,
