@@ -1,5 +1,6 @@
 """The GGUF reader on tiny files written like llama.cpp writes them."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ from conftest import tiny_hf_model
 from gguf_writer import write_tiny_gguf
 
 from draftopd_jax.errors import UserError
+from draftopd_jax.io import load_model, zoo
 from draftopd_jax.io.gguf_file import load_gguf
 from draftopd_jax.io.tokenizer import Tokenizer
 from draftopd_jax.models import KVCache, forward
@@ -40,3 +42,33 @@ def test_unsupported_quant_type_is_a_clear_error(tmp_path):
                   raw_types={"blk.1.ffn_up.weight": gguf.GGMLQuantizationType.Q8_1})
   with pytest.raises(UserError, match="blk.1.ffn_up.weight.*Q8_1"):
     load_gguf(tmp_path / "m.gguf")
+
+
+def test_converted_params_are_cached_by_checksum(tmp_path, monkeypatch):
+  """A GGUF is converted once per content: a second load reads the cache, a changed byte makes a
+  new entry and is never served stale."""
+  import gguf
+
+  path, cache = tmp_path / "m.gguf", tmp_path / "cache"
+  write_tiny_gguf(path, tiny_hf_model("qwen3", False), "qwen3")
+  conversions = []
+  real_load_gguf = zoo.load_gguf
+  monkeypatch.setattr(zoo, "load_gguf", lambda *a, **k: conversions.append(1) or real_load_gguf(*a, **k))
+
+  first = load_model(str(path), cache_dir=cache)
+  second = load_model(str(path), cache_dir=cache)
+  assert len(conversions) == 1 and len(list(cache.iterdir())) == 1
+  jax.tree.map(np.testing.assert_array_equal, first.params, second.params)
+  assert second.tokenizer.encode("aab ba") == first.tokenizer.encode("aab ba")
+  assert (second.tokenizer.eos_ids, second.tokenizer.chat_template) == (
+      first.tokenizer.eos_ids, first.tokenizer.chat_template)
+
+  # Change one byte of the final norm's weights: a new key, never stale.
+  [norm] = [t for t in gguf.GGUFReader(path).tensors if t.name == "output_norm.weight"]
+  data = bytearray(path.read_bytes())
+  data[norm.data_offset + 1] ^= 0xFF
+  path.write_bytes(bytes(data))
+  third = load_model(str(path), cache_dir=cache)
+  assert len(conversions) == 2 and len(list(cache.iterdir())) == 2
+  changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), first.params, third.params)
+  assert any(jax.tree.leaves(changed))

@@ -3,7 +3,6 @@
 import json
 import pathlib
 import re
-import shutil
 
 import jax
 import numpy as np
@@ -17,7 +16,6 @@ from tokenizers import Tokenizer, pre_tokenizers
 from draftopd_jax.data.prompts import encode_prompts
 from draftopd_jax.decoding.padding import pad_batch
 from draftopd_jax.decoding import generate
-from draftopd_jax.io import load_model, zoo
 
 pytestmark = pytest.mark.slow
 
@@ -123,11 +121,13 @@ def test_greedy_generation_matches_transformers_generate(smollm, hf_smollm):
   tokens, mask = pad_batch(prompts, smollm.tokenizer.pad_id, left=True)  # mixed lengths, batched
   ours = generate(smollm.cfg, smollm.params, tokens, mask, max_new_tokens=40,
                   eos_ids=smollm.tokenizer.eos_ids)
-  for ids, got in zip(prompts, ours):
-    with torch.no_grad():
-      ref = hf_smollm.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids)),
-                               max_new_tokens=40, do_sample=False)[0, len(ids):].tolist()
-    assert got == ref
+  # transformers batched the same way (left padding, an attention mask): one generate call,
+  # 40 decoding steps instead of 160.
+  with torch.no_grad():
+    ref = hf_smollm.generate(torch.tensor(np.asarray(tokens)),
+                             attention_mask=torch.tensor(np.asarray(mask), dtype=torch.long),
+                             max_new_tokens=40, do_sample=False)[:, tokens.shape[1]:].tolist()
+  assert ours == ref
 
 
 def test_batched_chat_generation_equals_the_recorded_old_path(smollm):
@@ -138,28 +138,3 @@ def test_batched_chat_generation_equals_the_recorded_old_path(smollm):
   tokens, mask = pad_batch(ids, smollm.tokenizer.pad_id)
   assert generate(smollm.cfg, smollm.params, tokens, mask, max_new_tokens=golden["max_new_tokens"],
                   eos_ids=smollm.tokenizer.eos_ids) == golden["new_tokens"]
-
-
-def test_converted_params_are_cached_by_checksum(smollm_path, tmp_path, monkeypatch):
-  gguf_copy = tmp_path / smollm_path.name
-  shutil.copy(smollm_path, gguf_copy)
-  cache = tmp_path / "cache"
-  conversions = []
-  real_load_gguf = zoo.load_gguf
-  monkeypatch.setattr(zoo, "load_gguf", lambda *a, **k: conversions.append(1) or real_load_gguf(*a, **k))
-
-  first = load_model(str(gguf_copy), cache_dir=cache)
-  second = load_model(str(gguf_copy), cache_dir=cache)
-  assert len(conversions) == 1 and len(list(cache.iterdir())) == 1
-  jax.tree.map(np.testing.assert_array_equal, first.params, second.params)
-  assert second.tokenizer.encode(HANDWRITTEN[1]) == first.tokenizer.encode(HANDWRITTEN[1])
-  assert second.tokenizer.chat_template == first.tokenizer.chat_template
-
-  # Change one byte of the final norm (an F32 tensor near the end): a new key, never stale.
-  data = bytearray(gguf_copy.read_bytes())
-  data[-7] ^= 0xFF
-  gguf_copy.write_bytes(bytes(data))
-  third = load_model(str(gguf_copy), cache_dir=cache)
-  assert len(conversions) == 2 and len(list(cache.iterdir())) == 2
-  changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), first.params, third.params)
-  assert any(jax.tree.leaves(changed))
