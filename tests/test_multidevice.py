@@ -21,8 +21,9 @@ def run_with_8_devices(script: str, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def eight_devices(tmp_path_factory) -> tuple[subprocess.CompletedProcess, pathlib.Path]:
-  """One 8-device process for the sharded SFT and OPD steps and the pod config (one JAX start,
-  shared programs); its single-device OPD run is the two-process run's reference."""
+  """One 8-device process for the sharded SFT and OPD steps, the pod configs and the split
+  regeneration (one JAX start, shared programs); its single-device OPD run is the two-process
+  run's reference."""
   reference = tmp_path_factory.mktemp("eight_devices") / "single"
   return run_with_8_devices("sharded_steps.py", str(reference)), reference
 
@@ -58,12 +59,10 @@ def test_pod_configs_shard_their_targets_and_lower(eight_devices):
     assert line in result.stdout, result.stdout
 
 
-def test_regeneration_split_over_devices_equals_one_device():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  result = subprocess.run([sys.executable, str(HERE / "multidevice" / "sharded_regeneration.py")],
-                          env=env, capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-  assert "identical" in result.stdout
+def test_regeneration_split_over_devices_equals_one_device(eight_devices):
+  result = eight_devices[0]
+  assert "regeneration split over 8 devices: identical" in result.stdout, (
+      result.stdout + result.stderr[-3000:])
 
 
 def free_port() -> int:

@@ -1,8 +1,9 @@
-"""Run with 2 fake CPU devices: regeneration with each batch's rows split over the devices (as
-`data/regeneration.py` does on a single process) gives the same greedy tokens as one device.
+"""Run with 8 fake CPU devices (sharded_steps.py runs it in its process): regeneration with each
+batch's rows split over the devices (as `data/regeneration.py` does on a single process) gives
+the same greedy tokens as one device.
 
-  XLA_FLAGS=--xla_force_host_platform_device_count=2 python tests/multidevice/sharded_regeneration.py
-Prints "identical" and exits non-zero otherwise.
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/multidevice/sharded_regeneration.py
+Prints "regeneration split over 8 devices: identical" and fails otherwise.
 """
 
 import dataclasses
@@ -18,7 +19,7 @@ from draftopd_jax.io import LoadedModel
 from draftopd_jax.models import ModelConfig, init_params
 from draftopd_jax.parallel import sharding
 
-assert jax.device_count() == 2, "set XLA_FLAGS=--xla_force_host_platform_device_count=2"
+assert jax.device_count() == 8, "set XLA_FLAGS=--xla_force_host_platform_device_count=8"
 CFG = ModelConfig(family="llama", vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
                   num_kv_heads=2, head_dim=8, intermediate_size=64)
 tokenizer = types.SimpleNamespace(pad_id=0, eos_ids=(1,))
@@ -30,13 +31,14 @@ rng = np.random.default_rng(0)
 prompts = [rng.integers(2, 64, rng.integers(3, 16)).tolist() for _ in range(10)]
 
 split = rows_sharding()
-assert split is not None and split.num_devices == 2
+assert split is not None and split.num_devices == 8
 replicated = dataclasses.replace(model, params=jax.device_put(model.params,
                                                            sharding.replicated(split.mesh)))
-# Batches of 4 (4, 4, 2 rows) are all split; batches of 3 (3, 3, 3, 1) run whole on both devices.
-for batch in (4, 3):
+# Of batches of 8 (8 and 2 rows) the first is split, one row a device; batches of 3 (3, 3, 3, 1)
+# run whole on every device.
+for batch in (8, 3):
   one = generate_shard(model, prompts, settings, batch, False, tqdm(disable=True), seed=0)
   two = generate_shard(replicated, prompts, settings, batch, False, tqdm(disable=True), seed=0,
                        split=split)
   assert one == two, (batch, one, two)
-print("identical")
+print("regeneration split over 8 devices: identical")

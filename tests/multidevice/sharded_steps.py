@@ -4,7 +4,8 @@ A train step sharded over data=2 x fsdp=2 x tensor=2 (by the logical-axis rules)
 single-device step, for the DFlash SFT step and the Draft-OPD step (rollout, replay and update);
 so does the Draft-OPD step for a Qwen3-MoE target over data=2 x expert=2 x tensor=2.
 The single-device Draft-OPD run's losses and params go to OUT.npz: two_process_steps.py runs the
-same steps on the same batches as two processes and is compared with it. Then pod_config.py.
+same steps on the same batches as two processes and is compared with it. Then pod_config.py
+and sharded_regeneration.py (one JAX start for every 8-device check).
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/multidevice/sharded_steps.py OUT
 Prints one line per step kind ("ok" or "FAILED") and exits non-zero if any exceeds the tolerance.
@@ -83,5 +84,6 @@ opd_ok, losses, params = check("opd")
 moe_ok = check("moe-opd")[0]
 np.savez(f"{sys.argv[1]}.npz", losses=np.asarray(losses), **{
     jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)})
-runpy.run_path(str(pathlib.Path(__file__).with_name("pod_config.py")))
+for script in ("pod_config.py", "sharded_regeneration.py"):
+  runpy.run_path(str(pathlib.Path(__file__).with_name(script)))
 sys.exit(0 if sft_ok and opd_ok and moe_ok else 1)
