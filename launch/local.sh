@@ -8,7 +8,8 @@ usage: launch/local.sh [--processes N] [--devices N] [--port P] [--dry-run] CONF
   FLAGS         passed on to draftopd_jax.main (--workdir=DIR, --config.key=value, ...)
   --processes N run N JAX processes on this machine (CPU collectives over loopback, as N hosts
                 would); default 1
-  --devices N   fake N CPU devices per process (XLA's host platform device count)
+  --devices N   fake N CPU devices per process (XLA's host platform device count, added to
+                XLA_FLAGS)
   --port P      the coordinator's port for --processes > 1 (default 12355)
   --dry-run     print the commands instead of running them
 A job stopped by SIGTERM exits with 75 after saving a checkpoint; run the same command again to
@@ -34,7 +35,9 @@ args=""  # the flags, quoted for the shell
 if [[ $# -gt 0 ]]; then args=$(printf ' %q' "$@"); fi
 env_prefix=""
 if [[ -n "$devices" ]]; then
-  env_prefix="XLA_FLAGS=--xla_force_host_platform_device_count=${devices} "
+  # Added to the caller's XLA flags, not in place of them.
+  flags="${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=${devices}"
+  env_prefix="XLA_FLAGS=$(printf '%q' "$flags") "
 fi
 job="python -m draftopd_jax.main --config=${config}${args}"
 if [[ "$processes" -eq 1 ]]; then

@@ -32,8 +32,9 @@ def test_local_dry_run():
   assert one.stdout.splitlines() == [
       r"python -m draftopd_jax.main --config=configs/sft.py:quick --workdir=runs/a\ b"]
   two = launch("local.sh", "--processes", "2", "--devices", "4", "--port", "2000", "--dry-run",
-               "configs/opd.py")
-  job = ("XLA_FLAGS=--xla_force_host_platform_device_count=4 python -m draftopd_jax.main "
+               "configs/opd.py", env={**os.environ, "XLA_FLAGS": "--xla_dump_to=d"})
+  job = ("XLA_FLAGS=--xla_dump_to=d\\ --xla_force_host_platform_device_count=4 "
+         "python -m draftopd_jax.main "
          "--config=configs/opd.py --coordinator_address=localhost:2000 --num_processes=2 ")
   assert two.stdout.splitlines() == [job + "--process_id=0 &", job + "--process_id=1 &", "wait"]
 

@@ -13,10 +13,15 @@ import pytest
 HERE = pathlib.Path(__file__).resolve().parent
 
 
+def with_devices(count: int) -> dict[str, str]:
+  """This process's environment, the test run's XLA flags kept, with `count` fake CPU devices."""
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}"
+  return dict(os.environ, XLA_FLAGS=flags.strip())
+
+
 def run_with_8_devices(script: str, *args: str) -> subprocess.CompletedProcess:
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  return subprocess.run([sys.executable, str(HERE / "multidevice" / script), *args], env=env,
-                        capture_output=True, text=True, timeout=600)
+  return subprocess.run([sys.executable, str(HERE / "multidevice" / script), *args],
+                        env=with_devices(8), capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +83,9 @@ def test_two_processes_equal_one(tmp_path, eight_devices):
   job.)"""
   script = str(HERE / "multidevice" / "two_process_steps.py")
   port = free_port()
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
   jobs = [subprocess.Popen([sys.executable, script, str(tmp_path / "two"), "2", str(i), str(port)],
-                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                           env=with_devices(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True)
           for i in range(2)]
   outputs = [job.communicate(timeout=600)[0] for job in jobs]
   assert all(job.returncode == 0 for job in jobs), "\n".join(o[-2000:] for o in outputs)

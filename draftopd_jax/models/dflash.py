@@ -21,7 +21,7 @@ from flax import nnx
 
 from draftopd_jax.models import transformer
 from draftopd_jax.models.config import ModelConfig, check_layer_ids
-from draftopd_jax.models.layers import RMSNorm, SwiGLU, attention_probs, linear
+from draftopd_jax.models.layers import RMSNorm, SwiGLU, attention_probs, linear, random_params
 from draftopd_jax.models.rope import apply_rope, inverse_frequencies
 
 
@@ -208,7 +208,7 @@ def _graph(cfg: DFlashConfig):
 
 
 def init_params(cfg: DFlashConfig, seed: int = 0) -> dict:
-  return nnx.to_pure_dict(nnx.state(DFlash(cfg, rngs=nnx.Rngs(seed))))
+  return random_params(DFlash, cfg, seed)
 
 
 def write_context(cfg: DFlashConfig, params: dict, cache: ContextCache,

@@ -17,7 +17,8 @@ from flax import nnx
 
 from draftopd_jax.models import transformer
 from draftopd_jax.models.config import ModelConfig, check_layer_ids
-from draftopd_jax.models.layers import Attention, RMSNorm, SwiGLU, attention_probs, linear
+from draftopd_jax.models.layers import (Attention, RMSNorm, SwiGLU, attention_probs, linear,
+                                     random_params)
 from draftopd_jax.models.rope import apply_rope, inverse_frequencies
 
 
@@ -109,7 +110,7 @@ def bind(cfg: Eagle3Config, params: dict) -> Eagle3:
 
 
 def init_params(cfg: Eagle3Config, seed: int = 0) -> dict:
-  return nnx.to_pure_dict(nnx.state(Eagle3(cfg, rngs=nnx.Rngs(seed))))
+  return random_params(Eagle3, cfg, seed)
 
 
 def build_draft_vocab(token_counts_V: np.ndarray, draft_vocab_size: int) -> np.ndarray:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from draftopd_jax.models.config import ModelConfig
-from draftopd_jax.models.layers import DecoderLayer, RMSNorm
+from draftopd_jax.models.layers import DecoderLayer, RMSNorm, random_params
 from draftopd_jax.models.rope import inverse_frequencies
 
 Params = dict
@@ -163,7 +163,7 @@ def bind(cfg: ModelConfig, params: Params) -> Transformer:
 
 def init_params(cfg: ModelConfig, seed: int = 0) -> Params:
   """Random parameters (for unit tests and tiny models); real weights come from `io/`."""
-  return nnx.to_pure_dict(nnx.state(Transformer(cfg, rngs=nnx.Rngs(seed))))
+  return random_params(Transformer, cfg, seed)
 
 
 def param_shapes(cfg: ModelConfig) -> Params:
