@@ -1,6 +1,9 @@
 """Acceptance metrics, drafter checkpoints, prompt sources and the eval job."""
 
 import json
+import math
+import pathlib
+import runpy
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +14,7 @@ from inprocess import run_job
 from draftopd_jax.data.prompts import is_heldout, mtbench_first_turns, sharegpt_prompts
 from draftopd_jax.decoding.engine import Trace
 from draftopd_jax.errors import UserError
-from draftopd_jax.evaluation import metrics
+from draftopd_jax.evaluation import metrics, scaling
 from draftopd_jax.io.drafter_checkpoint import load_drafter, save_drafter
 from draftopd_jax.models import ModelConfig, dflash, eagle3
 from draftopd_jax.models.drafters import DFlashDrafter, Eagle3Drafter
@@ -33,6 +36,33 @@ def test_acceptance_metrics_by_hand():
   assert s["reach_rate"] == pytest.approx([4 / 5, 3 / 5, 1 / 5])
   assert s["conditional_rate"] == pytest.approx([4 / 5, 3 / 4, 1 / 3])
   assert metrics.speedup([0.1, 0.3], [0.05, 0.05]) == pytest.approx(4.0)
+
+
+def test_the_stop_rule_projection_by_hand():
+  # tau = 0.3 log10(F) - 3 at 1e13 and 1e15 FLOPs, with +-0.01 noise that cancels in the fit.
+  fit = scaling.fit_log_flops([(0.0, 1.0), (1e13, 0.91), (1e13, 0.89), (1e15, 1.51), (1e15, 1.49)])
+  assert fit.num_points == 4  # the untrained point at 0 FLOPs has no logarithm
+  assert (fit.slope, fit.intercept) == pytest.approx((0.3, -3.0))
+  assert fit.tau_at(1e16) == pytest.approx(1.8)
+  assert fit.flops_for(2.0) == pytest.approx(10 ** (50 / 3))
+  assert scaling.LogFlopsFit(-0.1, 3.0, 2).flops_for(2.0) == float("inf")
+  with pytest.raises(ValueError, match="two or more FLOP counts"):
+    scaling.fit_log_flops([(0.0, 1.0), (1e13, 1.1), (1e13, 1.2)])
+
+
+def test_project_tau_fits_from_the_named_step_and_reads_the_line_at_the_schedules_end():
+  project = runpy.run_path(str(pathlib.Path(__file__).parents[1] / "benchmarks" /
+                               "project_tau.py"))["project"]
+  # 1e12 FLOPs per step; tau = 0.5 log10(FLOPs) - 5.5 from step 200 on, step 100 off the line.
+  records = [{"step": 0, "train_flops": 0.0, "heldout_tau": 1.0},
+             {"step": 100, "train_flops": 1e14, "heldout_tau": 1.9},
+             {"step": 150, "train_flops": 1.5e14, "loss": 3.0}]
+  records += [{"step": s, "train_flops": s * 1e12, "heldout_tau": 0.5 * math.log10(s * 1e12) - 5.5}
+              for s in (200, 300, 400)]
+  r = project(records, fit_from_step=200, end_step=4000, goal=2.0)
+  assert (r["fit_points"], r["last_step"], r["fit_from_flops"]) == (3, 400, 2e14)
+  assert r["projected_tau_at_end"] == pytest.approx(0.5 * math.log10(4e15) - 5.5)
+  assert r["steps_to_goal"] == pytest.approx(1000)
 
 
 def test_drafter_checkpoints_round_trip_and_refuse_another_target(tmp_path):

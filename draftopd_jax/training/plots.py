@@ -87,3 +87,30 @@ def opd_curves(metrics_path: pathlib.Path, out_dir: pathlib.Path) -> list[pathli
   fig.savefig(diag_png, dpi=120)
   plt.close(fig)
   return [tau_png, diag_png]
+
+
+def tau_projection(runs: dict[str, list[dict]], projections: dict[str, dict],
+                   out: pathlib.Path) -> None:
+  """Mean held-out tau against FLOPs (log axis) with each run's fitted line out to the end of its
+  schedule and the goal as a horizontal line (benchmarks/project_tau.py)."""
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for label, records in runs.items():
+    points = [(r["train_flops"], r["heldout_tau"]) for r in records
+              if "heldout_tau" in r and r["train_flops"] > 0]
+    p = projections[label]
+    line = ax.plot([f for f, _ in points], [t for _, t in points], marker="o", markersize=3,
+                   linestyle="", label=f"{label}")[0]
+    ends = np.array([p["fit_from_flops"], p["end_flops"]])
+    ax.plot(ends, p["slope_per_decade"] * np.log10(ends) + p["intercept"], linestyle="--",
+            color=line.get_color(),
+            label=f"{label}: fit, {p['projected_tau_at_end']:.2f} at step {p['end_step']}")
+  goal = next(iter(projections.values()))["goal"]
+  ax.axhline(goal, color="gray", linewidth=1, label=f"goal {goal}")
+  ax.set(xscale="log", xlabel="training FLOPs", ylabel="held-out tau (mean of sets)",
+         title="Stop rule: held-out tau projected in log FLOPs")
+  ax.grid(alpha=0.3, which="both")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  out.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(out, dpi=120)
+  plt.close(fig)
