@@ -8,13 +8,17 @@ model.safetensors to the workdir):
       --config.drafter=runs/opd/drafter --workdir=/tmp/export_speculators
 Formats (docs/export_formats.md): `dflash` (z-lab DFlash, the default for DFlash drafters),
 `eagle3` (SpecForge / SafeAILab EAGLE-3, the default for EAGLE-3 drafters), `speculators` (vLLM
-speculators, either drafter). The export is loaded back and its logits compared with the
-checkpoint's before the job reports success.
+speculators, either drafter), and `packed`: our own checkpoint layout with bfloat16 weights in one
+safetensors file, the form of the drafters shipped in draftopd_jax/drafters/ (io/zoo.py):
+  python -m draftopd_jax.main --config=configs/export.py:packed \
+      --config.drafter=WORKDIR/best_drafter --workdir=draftopd_jax/drafters/NAME
+The export is loaded back and its logits compared with the checkpoint's before the job reports
+success.
 """
 
 import ml_collections
 
-VARIANTS = ("auto", "dflash", "eagle3", "speculators")
+VARIANTS = ("auto", "dflash", "eagle3", "speculators", "packed")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -146,3 +146,8 @@ def test_export_job_on_the_real_target(tmp_path, smollm, capsys):
                    capsys.readouterr().out)
   config = json.loads((tmp_path / "out" / "config.json").read_text())
   assert config["speculators_config"]["verifier"]["architectures"] == ["LlamaForCausalLM"]
+  packed = run_job("export.py:packed", tmp_path / "packed", drafter=str(tmp_path / "drafter"))
+  assert packed["max_logit_difference"] == 0.0  # against the weights rounded to bfloat16
+  assert sorted(p.name for p in (tmp_path / "packed").iterdir()) == ["drafter.json",
+                                                                      "params.safetensors"]
+  assert "loads back exactly" in capsys.readouterr().out

@@ -1,14 +1,17 @@
-"""`main.py` mode `export`: a drafter checkpoint to a serving format (`io/export.py`), loaded back
-and its logits compared with the checkpoint's before the job reports success."""
+"""`main.py` mode `export`: a drafter checkpoint to a serving format (`io/export.py`) or to the
+packed form the package ships, loaded back and its logits compared with the checkpoint's before
+the job reports success."""
 
 import dataclasses
+import pathlib
 
 import jax
+import ml_dtypes
 import numpy as np
 
 from draftopd_jax.errors import UserError
 from draftopd_jax.io import load_model
-from draftopd_jax.io.drafter_checkpoint import load_drafter
+from draftopd_jax.io.drafter_checkpoint import load_drafter, pack_drafter
 from draftopd_jax.io.export import export_drafter
 from draftopd_jax.io.import_drafter import import_drafter
 from draftopd_jax.models import ModelConfig, dflash, eagle3
@@ -37,15 +40,35 @@ def drafter_logits(drafter, params, target_cfg: ModelConfig, target_params: dict
   return np.asarray(jax.device_get(logits))
 
 
+def pack(config, workdir: str, model, drafter, params) -> dict:
+  """The shipped form (bfloat16 weights, our checkpoint layout): loaded back, its logits must be
+  exactly those of the checkpoint's weights rounded to bfloat16."""
+  pack_drafter(config.drafter, workdir)
+  back, back_params = load_drafter(workdir, model.cfg, model.tokenizer)
+  rounded = jax.tree.map(lambda x: np.asarray(x).astype(ml_dtypes.bfloat16).astype(x.dtype)
+                         if np.issubdtype(x.dtype, np.floating) else x, params)
+  gap = float(np.abs(drafter_logits(back, back_params, model.cfg, model.params)
+                     - drafter_logits(drafter, rounded, model.cfg, model.params)).max())
+  if back != drafter or gap > 0:
+    raise UserError(f"the packed drafter in {workdir} does not load back to the same drafter "
+                    f"(logit gap {gap:.2e}); please report this")
+  size = (pathlib.Path(workdir) / "params.safetensors").stat().st_size
+  print(f"packed {type(drafter).__name__} into {workdir} ({size / 1e6:.1f} MB of bfloat16 "
+        "weights; loads back exactly)")
+  return {"format": "packed", "directory": workdir, "bytes": size, "max_logit_difference": gap}
+
+
 def run_export(config, workdir: str | None) -> dict:
   """The `export` mode: the drafter checkpoint `config.drafter` to `workdir` in `config.format`,
   then loaded back and compared."""
   if not workdir:
-    raise UserError("export writes config.json and model.safetensors: pass --workdir=DIR")
+    raise UserError("export writes a drafter to a folder: pass --workdir=DIR")
   if not config.drafter:
     raise UserError("pass the drafter checkpoint to export: --config.drafter=DIR")
   model = load_model(config.model, dtype=config.dtype)
   drafter, params = load_drafter(config.drafter, model.cfg, model.tokenizer)
+  if config.format == "packed":
+    return pack(config, workdir, model, drafter, params)
   fmt = config.format
   if fmt == "auto":
     fmt = "dflash" if isinstance(drafter, DFlashDrafter) else "eagle3"
