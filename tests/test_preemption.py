@@ -106,6 +106,8 @@ def test_a_run_logs_metrics_tensorboard_and_drafters(reference):
   examples = len(next((workdir / "data").glob("*.jsonl")).read_text().splitlines())
   assert json.loads((cache / "manifest.json").read_text())["examples"] == examples
   assert (workdir / "best_drafter" / "drafter.json").is_file()
+  best = json.loads((workdir / "best.json").read_text())  # the final evaluation included
+  assert best["heldout_tau"] == max(r["heldout_tau"] for r in records if "heldout_tau" in r)
   logged = tensorboard_scalars(workdir / "tensorboard")
   assert sorted(step for step, _ in logged["loss"]) == sorted(losses)
   assert {"heldout_tau", "accuracy_by_slot/6", "seconds_per_step"} <= set(logged)

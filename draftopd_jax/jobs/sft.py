@@ -217,13 +217,14 @@ def run_sft(config, workdir: str | None) -> dict:
 
   best = BestDrafter(out, drafter, model)
 
-  def evaluate(step: int, used_flops: float) -> None:
+  def evaluate(step: int, used_flops: float) -> float:
     if not config.heldout.datasets:  # held-out evaluation switched off
-      return
+      return float("nan")
     taus = heldout(drafter, full_params(run.state.params), run.target_params)
     run.writer.write(step, {**taus, "train_flops": used_flops})
     tqdm.write(f"step {step}: held-out tau " + format_taus(taus))
     best.offer(step, taus["heldout_tau"], full_params(run.state.params))
+    return taus["heldout_tau"]
 
   hooks = loop.Hooks(
       batch=batch, flops=lambda metrics: step_flops, evaluate=evaluate,
@@ -236,12 +237,8 @@ def run_sft(config, workdir: str | None) -> dict:
   run.train(hooks, name="sft", rows=t.batch_size, flops_budget=0.0,
             steps=trainer.budget_steps(t.steps, t.flops_budget, flops_per_step),
             used_flops=run.step * flops_per_step)
-  tau, summary = float("nan"), ""
-  if config.heldout.datasets:
-    taus = heldout(drafter, full_params(run.state.params), run.target_params)
-    run.writer.write(run.step, {**taus, "train_flops": run.step * flops_per_step})
-    tau = taus["heldout_tau"]
-    summary = f"held-out tau {tau:.3f} (best {max(best.tau, tau):.3f}); "
+  tau = evaluate(run.step, run.step * flops_per_step)  # the final drafter may be the best
+  summary = f"held-out tau {tau:.3f} (best {best.tau:.3f}); " if config.heldout.datasets else ""
   run.close()
   save_drafter(out / "drafter", drafter, jax.device_get(full_params(run.state.params)), model.cfg,
                model.tokenizer)
