@@ -49,7 +49,8 @@ class Hooks:
   flops: Callable[[dict], dict[str, float]]  # metrics -> the update's FLOPs by part
   record: Callable[[dict], dict]  # metrics -> what metrics.jsonl logs for the update
   postfix: Callable[[dict], dict[str, str]]  # metrics -> the progress bar's postfix
-  evaluate: Callable[[int, float], None]  # (step, train FLOPs) -> measures and writes held-out tau
+  # (step, train FLOPs) -> measures and writes held-out tau; what it returns is not used here
+  evaluate: Callable[[int, float], object]
 
 
 @dataclasses.dataclass
