@@ -1,6 +1,6 @@
 """Draft-OPD of a DFlash drafter for SmolLM2-135M-Instruct: the embedded default job.
 
-Run (2 CPU cores, 9 minutes measured; started again, it resumes where it stopped):
+Run (2 CPU cores, 8 to 9 minutes measured; started again, it resumes where it stopped):
   python -m draftopd_jax.main --config=configs/opd.py
 It starts from the DFlash drafter shipped with the package (smollm2-135m-instruct-dflash, its
 model card in docs/smollm2-135m-instruct-dflash.md), as the paper post-trains a public SFT
@@ -27,8 +27,8 @@ Variants:
 Variants combine with commas, applied left to right: configs/opd.py:branch,all_forward is the
 all-forward ablation of the branch at the ablations' budget (configs/sft.py: ABLATION_FLOPS).
 
-Expected (2 CPU cores, default): about 9 minutes; held-out tau 1.255 before, and 60 updates
-lowered it to 1.134 in our run (docs/opd.md).
+Expected (2 CPU cores, default): 8 to 9 minutes; held-out tau 1.269 before, and 60 updates
+lowered it to 1.165 in our run (docs/opd.md).
 With :warmup the SFT warm-up reaches held-out tau about 1.06 and 60 Draft-OPD updates lowered it
 to 1.02 (a drafter this weak sees almost only rejected proposals; docs/opd.md has the figures).
 """
