@@ -17,11 +17,10 @@ import json
 
 import numpy as np
 
-from draftopd_jax.data import prompts
 from draftopd_jax.decoding import engine
-from draftopd_jax.decoding.padding import pad_batch
 from draftopd_jax.evaluation import metrics
 from draftopd_jax.evaluation.anchor_gap import anchor_gap
+from draftopd_jax.evaluation.heldout import HeldoutTau
 from draftopd_jax.io import load_model
 from draftopd_jax.io.drafter_checkpoint import load_drafter
 
@@ -37,11 +36,11 @@ def main() -> None:
   args = parser.parse_args()
   model = load_model("smollm2-135m-instruct")
   drafter, params = load_drafter(args.drafter, model.cfg, model.tokenizer)
+  # The held-out sets and their padded prompt batches, as evaluation during training reads them.
+  heldout = HeldoutTau(model, DATASETS, args.prompts, args.new_tokens, HELDOUT_FRACTION)
   results = {}
-  for name in DATASETS:
-    rows = prompts.encode_prompts(
-        model, prompts.eval_prompts(name, args.prompts, HELDOUT_FRACTION), chat_template=True)
-    state = engine.run(model.cfg, model.params, *pad_batch(rows, model.tokenizer.pad_id),
+  for name, batch in heldout.batches.items():
+    state = engine.run(model.cfg, model.params, *batch,
                        drafter=drafter, drafter_params=params, max_new_tokens=args.new_tokens,
                        eos_ids=model.tokenizer.eos_ids)
     gap = anchor_gap(drafter.cfg, params, model.cfg, model.params, state)
