@@ -27,8 +27,8 @@ Variants:
 Variants combine with commas, applied left to right: configs/opd.py:branch,all_forward is the
 all-forward ablation of the branch at the ablations' budget (configs/sft.py: ABLATION_FLOPS).
 
-Expected (2 CPU cores, default): 7 to 9 minutes; held-out tau 1.302 before, and 60 updates
-lowered it to 1.173 in our run (docs/opd.md).
+Expected (2 CPU cores, default): 7 to 9 minutes; held-out tau 1.325 before, and 60 updates
+lowered it to 1.122 in our run (docs/opd.md).
 With :warmup the SFT warm-up reaches held-out tau about 1.06 and 60 Draft-OPD updates lowered it
 to 1.02 (a drafter this weak sees almost only rejected proposals; docs/opd.md has the figures).
 """
