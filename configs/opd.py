@@ -98,6 +98,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       estimator="sampled",  # "sampled": the code's token surrogates; "full": full-vocab KLs
       aggregation="pooled",  # "pooled": one token mean (the code); "mean_of_means": the paper
       response_direction="forward", rejected_direction="reverse",
+      response_loss="kl",  # "ce": hard CE on the committed token (the target at temperature 0)
       gamma=0.8, decay=True,  # rejected-stream weights gamma^(offset-1)
       response_lambda=1.0, rejected_lambda=1.0))
   c.train = ml_collections.ConfigDict(dict(

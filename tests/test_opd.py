@@ -281,6 +281,9 @@ def test_switches_change_exactly_what_they_name():
   same(base, no_decay, "response_loss")
   same(base, no_decay, "rejected_loss")  # unweighted stream means; only the weights change
   assert differ(base, no_decay, "loss")
+  _, hard = step_loss(LossOptions(response_loss="ce"))
+  same(base, hard, "rejected_loss")
+  assert differ(base, hard, "response_loss")
   _, naive = step_loss(rollout_options=update_step.RolloutOptions(max_new_tokens=12,
                                                                rejected_stream=False))
   assert int(naive["rejected_tokens"]) == 0 and naive["response_tokens"] == base["response_tokens"]

@@ -7,6 +7,9 @@ Two estimators of each KL:
   are clamped to [-10, log(1 - 1e-6)] (Bernoulli) and d to [-20, 20] (k3); each token's loss to
   [-10, 10], as the code does.
 * "full": the paper's full-vocabulary KL(p || q) and KL(q || p).
+The response stream can instead take hard cross-entropy on the committed token (`response_loss=
+"ce"`), the forward KL to the target at temperature 0 when rollouts are greedy: SFT's loss, at the
+rollout's anchors.
 Two aggregations: "pooled" (one weighted token mean over both streams, the code) and
 "mean_of_means" (the weighted mean of each stream, then their λ-weighted mean, the paper).
 """
@@ -27,6 +30,7 @@ class LossOptions:
   aggregation: str = "pooled"  # "pooled" (the code) or "mean_of_means" (the paper)
   response_direction: str = "forward"  # "reverse" = the all-reverse ablation
   rejected_direction: str = "reverse"  # "forward" = the all-forward ablation
+  response_loss: str = "kl"  # "ce": hard cross-entropy on the committed token
   gamma: float = 0.8  # rejected-stream weights gamma^(offset-1)
   decay: bool = True  # False = the no-decay ablation
   response_lambda: float = 1.0
@@ -37,7 +41,8 @@ class LossOptions:
         ("estimator", self.estimator, ("sampled", "full")),
         ("aggregation", self.aggregation, ("pooled", "mean_of_means")),
         ("response_direction", self.response_direction, ("forward", "reverse")),
-        ("rejected_direction", self.rejected_direction, ("forward", "reverse"))):
+        ("rejected_direction", self.rejected_direction, ("forward", "reverse")),
+        ("response_loss", self.response_loss, ("kl", "ce"))):
       if value not in allowed:
         raise ValueError(f"loss.{name}={value!r}; choose one of {allowed}")
 
@@ -118,10 +123,13 @@ def two_stream_loss(student_BxNxK1xV: jax.Array, plan: AnchorPlan, options: Loss
   `options.estimator == "full"` the full rows at each offset, which serve both streams (a response
   offset's prefix is committed, a rejected offset's is the drafter's)."""
   k = student_BxNxK1xV.shape[2] + 1
-  response_loss = token_loss(options.response_direction, options.estimator,
-                             response_teacher_logprob_BxNxK1,
-                             _pick(student_BxNxK1xV, response_ids_BxNxK1),
-                             teacher_BxNxK1xV, student_BxNxK1xV)
+  response_logprob_BxNxK1 = _pick(student_BxNxK1xV, response_ids_BxNxK1)
+  if options.response_loss == "ce":
+    response_loss = -response_logprob_BxNxK1
+  else:
+    response_loss = token_loss(options.response_direction, options.estimator,
+                               response_teacher_logprob_BxNxK1, response_logprob_BxNxK1,
+                               teacher_BxNxK1xV, student_BxNxK1xV)
   response = plan.response_BxNxK1 & response_valid_BxNxK1
   rejected_loss = token_loss(options.rejected_direction, options.estimator,
                              plan.rejected_logprob_BxNxK1,
