@@ -100,6 +100,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       response_direction="forward", rejected_direction="reverse",
       response_loss="kl",  # "ce": hard CE on the committed token (the target at temperature 0)
       gamma=0.8, decay=True,  # rejected-stream weights gamma^(offset-1)
+      first_rejected_only=False,  # True: the rejected stream keeps each block's first rejection
       response_lambda=1.0, rejected_lambda=1.0))
   c.train = ml_collections.ConfigDict(dict(
       # The paper's rate for 5-layer drafters, as the shipped one is (:warmup's 2-layer drafter

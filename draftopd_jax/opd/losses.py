@@ -33,6 +33,7 @@ class LossOptions:
   response_loss: str = "kl"  # "ce": hard cross-entropy on the committed token
   gamma: float = 0.8  # rejected-stream weights gamma^(offset-1)
   decay: bool = True  # False = the no-decay ablation
+  first_rejected_only: bool = False  # the rejected stream keeps each block's first rejection only
   response_lambda: float = 1.0
   rejected_lambda: float = 1.0
 
@@ -136,6 +137,9 @@ def two_stream_loss(student_BxNxK1xV: jax.Array, plan: AnchorPlan, options: Loss
                              _pick(student_BxNxK1xV, rejected_ids_BxNxK1),
                              teacher_BxNxK1xV, student_BxNxK1xV)
   rejected_weight = plan.rejected_BxNxK1 * rejected_slot_weights(k, options.gamma, options.decay)
+  if options.first_rejected_only:
+    offsets_K1 = jnp.arange(1, k)
+    rejected_weight *= offsets_K1 == plan.first_rejected_BxN[..., None]
   loss = combine(response_loss, response.astype(jnp.float32), rejected_loss, rejected_weight,
                  aggregation=options.aggregation, response_lambda=options.response_lambda,
                  rejected_lambda=options.rejected_lambda)
