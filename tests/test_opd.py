@@ -129,6 +129,23 @@ def test_aggregations_on_hand_computed_values():
   np.testing.assert_allclose(losses.rejected_slot_weights(4, 0.8, decay=False), [1, 1, 1])
 
 
+def test_suffix_proposals_committed_anyway_on_a_hand_made_block():
+  """One block, K = 5: proposal 1 accepted, 2 rejected (first rejection), 3 and 4 the suffix;
+  proposal 4 is the token the target committed at its position all the same."""
+  zeros = jnp.zeros((1, 1, 4))
+  plan = anchor_plan.AnchorPlan(
+      anchor_pos_BxN=jnp.array([[3]]), segment_BxN=jnp.array([[2]]),
+      rejected_BxNxK1=jnp.array([[[False, True, True, True]]]),
+      proposals_BxNxK1=jnp.array([[[7, 8, 9, 5]]]), rejected_logprob_BxNxK1=zeros,
+      first_rejected_BxN=jnp.array([[2]]), drafted_BxN=jnp.array([[True]]))
+  committed = jnp.array([[[7, 4, 6, 5]]])
+  response = plan.response_BxNxK1
+  metrics = losses.diagnostics(plan, response, zeros, zeros, committed == committed,
+                               zeros == 0, plan.proposals_BxNxK1 == committed)
+  np.testing.assert_allclose(metrics["suffix_proposal_committed"], 0.5)
+  np.testing.assert_allclose(metrics["share_rejected_suffix"], 0.5)  # 2 of 4 replayed tokens
+
+
 def rollout(drafter_params, prompts, mask, max_new_tokens=12):
   drafter = DFlashDrafter(D_CFG)
   state = engine.prefill(CFG, TARGET, drafter, drafter_params, prompts, mask, jax.random.key(0),

@@ -146,13 +146,15 @@ def two_stream_loss(student_BxNxK1xV: jax.Array, plan: AnchorPlan, options: Loss
   argmax_BxNxK1 = jnp.argmax(student_BxNxK1xV, axis=-1)
   return loss, diagnostics(plan, response, response_loss, rejected_loss,
                            argmax_BxNxK1 == response_ids_BxNxK1,
-                           argmax_BxNxK1 == rejected_ids_BxNxK1)
+                           argmax_BxNxK1 == rejected_ids_BxNxK1,
+                           rejected_ids_BxNxK1 == response_ids_BxNxK1)
 
 
 def diagnostics(plan: AnchorPlan, response: jax.Array, response_loss: jax.Array,
-                rejected_loss: jax.Array, response_hit: jax.Array, proposal_hit: jax.Array
-                ) -> dict:
-  """Stream means, the make-up of the replayed tokens and how well replay matches the rollout."""
+                rejected_loss: jax.Array, response_hit: jax.Array, proposal_hit: jax.Array,
+                proposal_committed: jax.Array) -> dict:
+  """Stream means, the make-up of the replayed tokens, how well replay matches the rollout, and
+  how often a rejected-suffix proposal is the token committed at its position anyway."""
   offsets = jnp.arange(1, plan.rejected_BxNxK1.shape[-1] + 1)
   first = plan.first_rejected_BxN[..., None]
   rejected = plan.rejected_BxNxK1
@@ -164,6 +166,9 @@ def diagnostics(plan: AnchorPlan, response: jax.Array, response_loss: jax.Array,
       "share_accepted": jnp.sum(response & ((first == 0) | (offsets < first))) / replayed,
       "share_first_rejected": jnp.sum(rejected & (offsets == first)) / replayed,
       "share_rejected_suffix": jnp.sum(rejected & (offsets > first)) / replayed,
+      # A suffix proposal after a rejection that the target committed at that position all the
+      # same: the rejected stream pushes down a token the drafter had right.
+      "suffix_proposal_committed": mean(proposal_committed, rejected & (offsets > first)),
       "response_accuracy": mean(response_hit, response),
       # The replayed drafter's greedy tokens equal the proposals it made in the rollout (1.0 when
       # replay is exact and the weights have not moved).

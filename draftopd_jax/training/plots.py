@@ -73,6 +73,9 @@ def opd_curves(metrics_path: pathlib.Path, out_dir: pathlib.Path) -> list[pathli
   axes[1].set(title="acceptance length in the rollouts", xlabel="step")
   for key in ("share_accepted", "share_first_rejected", "share_rejected_suffix"):
     axes[2].plot(x, [r[key] for r in steps], label=key.removeprefix("share_"))
+  if "suffix_proposal_committed" in steps[0]:
+    axes[2].plot(x, [r["suffix_proposal_committed"] for r in steps], ls="--",
+                 label="suffix proposals committed anyway (of the suffix)")
   axes[2].set(title="make-up of the replayed tokens", xlabel="step")
   half = len(steps) // 2
   for label, part in (("first half", steps[:max(half, 1)]), ("second half", steps[half:])):
