@@ -298,7 +298,7 @@ def test_switches_change_exactly_what_they_name():
   same(base, no_decay, "response_loss")
   same(base, no_decay, "rejected_loss")  # unweighted stream means; only the weights change
   assert differ(base, no_decay, "loss")
-  first_loss, first_only = step_loss(LossOptions(first_rejected_only=True))
+  _, first_only = step_loss(LossOptions(first_rejected_only=True))
   same(base, first_only, "response_loss")
   assert differ(base, first_only, "loss")
   _, hard = step_loss(LossOptions(response_loss="ce"))
