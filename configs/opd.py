@@ -55,9 +55,10 @@ ABLATIONS = {
                   rollout=dict(include_correction=False)),
 }
 # The default job's setting, measured best from the shipped drafter (docs/opd.md, "Which setting
-# the default job uses"): at its tau (1.4) about 80% of the replayed tokens are rejected
-# proposals, and every run with the rejected stream lowered held-out tau; without it, at a tenth
-# of the paper's rate, tau held (1.420 -> 1.427). The variants keep the paper's setting.
+# the default job uses"): at its tau (1.4) 79% of the replayed tokens are proposals after a
+# block's first rejection, and every run with the rejected stream lowered held-out tau; without
+# it, at a tenth of the paper's rate, tau held (1.420 -> 1.427). The variants keep the paper's
+# setting.
 DEFAULT_JOB = dict(
     rollout=dict(rejected_stream=False), train=dict(learning_rate=3e-5),
     heldout=dict(datasets=("humaneval", "mtbench", "sharegpt"), num_prompts=16))
