@@ -1,13 +1,12 @@
 """Held-out tau before and after Draft-OPD runs that start from one drafter: a table and a plot.
 
   python benchmarks/opd_sweep.py docs/runs/opd_sweep_shipped/* --out docs/opd_sweep_shipped.png
-Each argument is a run's workdir (or a copy of its before.json and metrics.jsonl), labelled by its
-folder name; the table gives tau per held-out set after the run's last update and the change of
-the macro mean, best first.
+Each argument is a run's workdir (or a copy of its metrics.jsonl), labelled by its folder name; the
+table gives tau per held-out set after the run's last update and the change of the macro mean from
+the evaluation before the first update, best first.
 """
 
 import argparse
-import json
 import pathlib
 
 import matplotlib
@@ -20,11 +19,11 @@ from draftopd_jax.training import plots  # noqa: E402
 
 
 def before_after(run: pathlib.Path) -> tuple[dict, dict]:
-  before = json.loads((run / "before.json").read_text())
+  """The held-out evaluations at step 0 and after the last update (metrics.jsonl has both)."""
   evals = [r for r in plots.read_metrics(run / "metrics.jsonl") if "heldout_tau" in r]
   if not evals or evals[-1]["step"] == 0:
     raise SystemExit(f"{run} has no held-out tau after an update; let the run finish first")
-  return before, evals[-1]
+  return evals[0], evals[-1]
 
 
 def main() -> None:
