@@ -248,3 +248,20 @@ def test_dflash_block_sees_only_context_before_its_anchor():
   # Context strictly before the anchor does matter (the test above is not vacuous).
   earlier = logits(write(features.at[:, 7].add(1.0)), jnp.asarray([[3, 4]]))
   assert not np.allclose(earlier[:, 0], base[:, 0], atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["autoregressive", "dflash", "eagle3", "draft_model"])
+def test_prefill_by_length_decodes_as_a_whole_batch_prefill(kind):
+  """Prompts of mixed lengths prefilled two rows at a time, in order of length and each group at
+  its own width, give the same greedy tokens and trace as one prefill of the padded batch."""
+  prompts = [[5, 9, 2, 7], [11, 3, 8, 1, 4, 6, 10, 12, 13] * 4, [20], [7, 7, 30, 2, 9, 4],
+             [1, 2, 3] * 15]
+  tokens, mask = pad_batch(prompts, pad_id=0, left=True)
+  drafter = {} if kind == "autoregressive" else dict(zip(("drafter", "drafter_params"),
+                                                         make_drafter(kind)))
+  run = lambda rows: engine.run(CFG, PARAMS, tokens, mask, max_new_tokens=20, prefill_rows=rows,
+                                **drafter)
+  whole, grouped = run(len(prompts)), run(2)
+  assert engine.new_tokens(grouped) == engine.new_tokens(whole)
+  for field in ("anchor_pos_BxN", "accepted_BxN", "committed_BxN", "proposals_BxNxK1"):
+    np.testing.assert_array_equal(getattr(grouped.trace, field), getattr(whole.trace, field))

@@ -14,11 +14,13 @@ from draftopd_jax.sampling import SamplingConfig
 def generate(cfg: ModelConfig, params: Params, prompt_BxP: np.ndarray, prompt_mask_BxP: np.ndarray,
              *, max_new_tokens: int, sampling: SamplingConfig = SamplingConfig(),
              eos_ids: tuple[int, ...] = (), seed: int = 0, progress: tqdm | None = None,
-             chunk: int | None = None) -> list[list[int]]:
+             chunk: int | None = None, prefill_rows: int = engine.PREFILL_ROWS
+             ) -> list[list[int]]:
   """Generates up to `max_new_tokens` per prompt; returns each row's new tokens (EOS included).
 
   Prompts may be left- or right-padded; `prompt_mask_BxP` marks the real tokens.
   """
   state = engine.run(cfg, params, prompt_BxP, prompt_mask_BxP, max_new_tokens=max_new_tokens,
-                     sampling=sampling, eos_ids=eos_ids, seed=seed, progress=progress, chunk=chunk)
+                     sampling=sampling, eos_ids=eos_ids, seed=seed, progress=progress, chunk=chunk,
+                     prefill_rows=prefill_rows)
   return engine.new_tokens(state)
