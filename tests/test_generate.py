@@ -126,7 +126,7 @@ def test_bfloat16_model_tracks_float32():
   t = tokens.shape[1]
   run = lambda cfg, p: forward(cfg, p, tokens, jnp.arange(t)[None], KVCache.create(cfg, 1, t))
   out16, out32 = run(cfg16, params16), run(CFG, PARAMS)
-  assert out16.cache.k_BxHkvxSxH[0].dtype == jnp.bfloat16
+  assert out16.cache.k_BxHkvxHxS[0].dtype == jnp.bfloat16
   assert out16.logits_BxTxV.dtype == jnp.float32  # logits are always returned in fp32
   # bf16 keeps ~3 significant digits; this sharp random model amplifies that to ~1% of a logit.
   error = float(jnp.mean(jnp.abs(out16.logits_BxTxV - out32.logits_BxTxV)))

@@ -90,14 +90,14 @@ class Eagle3(nnx.Module):
 
 @flax.struct.dataclass
 class Eagle3Cache:
-  k_BxHkvxSxH: jax.Array
+  k_BxHkvxHxS: jax.Array  # the layout of `layers.Attention`'s cache
   v_BxHkvxSxH: jax.Array
 
   @classmethod
   def create(cls, cfg: Eagle3Config, batch: int, max_len: int) -> "Eagle3Cache":
     c = cfg.layer
-    shape = (batch, c.num_kv_heads, max_len, c.head_dim)
-    return cls(jnp.zeros(shape, c.jnp_dtype), jnp.zeros(shape, c.jnp_dtype))
+    return cls(jnp.zeros((batch, c.num_kv_heads, c.head_dim, max_len), c.jnp_dtype),
+               jnp.zeros((batch, c.num_kv_heads, max_len, c.head_dim), c.jnp_dtype))
 
 
 @functools.lru_cache(maxsize=None)
@@ -135,7 +135,7 @@ def step(cfg: Eagle3Config, params: dict, target_cfg: ModelConfig, target_params
          cache: Eagle3Cache) -> tuple[jax.Array, jax.Array, Eagle3Cache]:
   """One drafter pass: (hidden_BxTxD, draft logits_BxTxVd, cache). `tokens` are the t+1 tokens."""
   embedded = transformer.bind(target_cfg, target_params).embed(tokens_BxT)
-  hidden, logits, k, v = bind(cfg, params)(embedded, feature_BxTxD, positions_BxT, cache.k_BxHkvxSxH,
+  hidden, logits, k, v = bind(cfg, params)(embedded, feature_BxTxD, positions_BxT, cache.k_BxHkvxHxS,
                                            cache.v_BxHkvxSxH)
   return hidden, logits, Eagle3Cache(k, v)
 

@@ -57,10 +57,12 @@ class Attention(nnx.Module):
   tokens' positions and a query at position `p` sees slots `0..p`. Rolling a sequence back is free:
   later writes overwrite the stale slots before any query can see them.
 
-  The cache is laid out [B, Kv, S, H] (KV-head-major): each (sequence, KV head) owns one
-  contiguous S x H matrix, and the T queries of its G grouped heads form one Q = T*G row block,
-  so scores and outputs are plain batched matmuls that read the cache once, without transposing
-  it (on CPU the [B, S, Kv, H] layout made decoding attention several times slower).
+  The cache is KV-head-major: each (sequence, KV head) owns one contiguous matrix, keys as H x S
+  and values as S x H, and the T queries of its G grouped heads form one Q = T*G row block, so
+  scores (Q x H times H x S) and outputs (Q x S times S x H) are plain batched matmuls that read
+  the cache once, without transposing it. On CPU a [B, S, Kv, H] cache made decoding attention
+  several times slower, and keys as S x H (contracted on their minor axis) took about 40% longer
+  than H x S (batch 64, 449 slots).
   """
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, input_dim: int | None = None):
@@ -75,7 +77,7 @@ class Attention(nnx.Module):
       self.k_norm = RMSNorm(h, cfg.rms_norm_eps, cfg.jnp_dtype)
     self.cfg = cfg
 
-  def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, k_cache_BxHkvxSxH: jax.Array,
+  def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, k_cache_BxHkvxHxS: jax.Array,
                v_cache_BxHkvxSxH: jax.Array, rope: tuple) -> tuple[jax.Array, jax.Array, jax.Array]:
     cfg = self.cfg
     b, t, _ = x_BxTxD.shape
@@ -90,26 +92,27 @@ class Attention(nnx.Module):
     k_BxTxHkvxH = apply_rope(k_BxTxHkvxH, positions_BxT, *rope)
 
     # Positions past the cache end (finished sequences running on) are dropped, not wrapped.
-    slot_index = (jnp.arange(b)[:, None, None], jnp.arange(kv)[None, :, None],
-                  positions_BxT[:, None, :])
-    k_cache_BxHkvxSxH = k_cache_BxHkvxSxH.at[slot_index].set(jnp.swapaxes(k_BxTxHkvxH, 1, 2),
-                                                          mode="drop")
-    v_cache_BxHkvxSxH = v_cache_BxHkvxSxH.at[slot_index].set(jnp.swapaxes(v_BxTxHkvxH, 1, 2),
-                                                          mode="drop")
+    # Both writes take [B, Kv, T, H] values (a slice between the index arrays puts it last).
+    rows, heads = jnp.arange(b)[:, None, None], jnp.arange(kv)[None, :, None]
+    slots_BxHkvxT = positions_BxT[:, None, :]
+    k_cache_BxHkvxHxS = k_cache_BxHkvxHxS.at[rows, heads, :, slots_BxHkvxT].set(
+        jnp.swapaxes(k_BxTxHkvxH, 1, 2), mode="drop")
+    v_cache_BxHkvxSxH = v_cache_BxHkvxSxH.at[rows, heads, slots_BxHkvxT].set(
+        jnp.swapaxes(v_BxTxHkvxH, 1, 2), mode="drop")
 
     # Query rows q = t * G + g: token t, grouped head g of its KV head.
     q_BxHkvxRxH = q_BxTxHqxH.reshape(b, t, kv, groups, h).transpose(0, 2, 1, 3, 4).reshape(
         b, kv, t * groups, h)
-    scores_BxHkvxRxS = jnp.einsum("bkqh,bksh->bkqs", q_BxHkvxRxH, k_cache_BxHkvxSxH,
+    scores_BxHkvxRxS = jnp.einsum("bkqh,bkhs->bkqs", q_BxHkvxRxH, k_cache_BxHkvxHxS,
                                 preferred_element_type=jnp.float32) * h**-0.5
-    slots_S = jnp.arange(k_cache_BxHkvxSxH.shape[2])
+    slots_S = jnp.arange(k_cache_BxHkvxHxS.shape[3])
     visible_BxRxS = jnp.repeat(slots_S[None, None, :] <= positions_BxT[:, :, None], groups, axis=1)
     probs_BxHkvxRxS, = attention_probs([scores_BxHkvxRxS], [visible_BxRxS[:, None]],
                                        v_cache_BxHkvxSxH.dtype)
     out_BxHkvxRxH = jnp.einsum("bkqs,bksh->bkqh", probs_BxHkvxRxS, v_cache_BxHkvxSxH)
     out_BxTxE = out_BxHkvxRxH.reshape(b, kv, t, groups, h).transpose(0, 2, 1, 3, 4).reshape(
         b, t, cfg.num_heads * h)
-    return self.o(out_BxTxE), k_cache_BxHkvxSxH, v_cache_BxHkvxSxH
+    return self.o(out_BxTxE), k_cache_BxHkvxHxS, v_cache_BxHkvxSxH
 
 
 class SwiGLU(nnx.Module):

@@ -23,25 +23,25 @@ Params = dict
 
 @flax.struct.dataclass
 class KVCache:
-  """Keys and values, one [B, Kv, S, H] array per layer; slot `p` of a sequence holds the token
-  at position `p`.
+  """Keys [B, Kv, H, S] and values [B, Kv, S, H], one array per layer (`layers.Attention` says
+  why); slot `p` of a sequence holds the token at position `p`.
 
   Separate per-layer buffers (not one stacked [L, ...] array) let a decoding loop update each in
   place: slicing a layer out of a stacked cache inside the loop copies it on every step.
   """
 
-  k_BxHkvxSxH: tuple[jax.Array, ...]
+  k_BxHkvxHxS: tuple[jax.Array, ...]
   v_BxHkvxSxH: tuple[jax.Array, ...]
 
   @classmethod
   def create(cls, cfg: ModelConfig, batch: int, max_len: int) -> "KVCache":
-    shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
-    zeros = lambda: tuple(jnp.zeros(shape, cfg.jnp_dtype) for _ in range(cfg.num_layers))
-    return cls(zeros(), zeros())
+    zeros = lambda *shape: tuple(jnp.zeros(shape, cfg.jnp_dtype) for _ in range(cfg.num_layers))
+    return cls(zeros(batch, cfg.num_kv_heads, cfg.head_dim, max_len),
+               zeros(batch, cfg.num_kv_heads, max_len, cfg.head_dim))
 
   @property
   def max_len(self) -> int:
-    return self.k_BxHkvxSxH[0].shape[2]
+    return self.k_BxHkvxHxS[0].shape[3]
 
 
 @flax.struct.dataclass
@@ -107,12 +107,12 @@ class Transformer(nnx.Module):
         hidden_FxBxTxD = jax.lax.dynamic_update_index_in_dim(hidden_FxBxTxD, x_BxTxD, slot, 0)
         return (x_BxTxD, hidden_FxBxTxD), (k_cache, v_cache)
 
-      (x_BxTxD, hidden_FxBxTxD), (k_LxBxHkvxSxH, v_LxBxHkvxSxH) = jax.lax.scan(
+      (x_BxTxD, hidden_FxBxTxD), (k_LxBxHkvxHxS, v_LxBxHkvxSxH) = jax.lax.scan(
           layer, (x_BxTxD, hidden_FxBxTxD),
-          (stacked_state, jnp.stack([cache.k_BxHkvxSxH[i] for i in ids]),
+          (stacked_state, jnp.stack([cache.k_BxHkvxHxS[i] for i in ids]),
            jnp.stack([cache.v_BxHkvxSxH[i] for i in ids]),
            jnp.asarray([slot_of_layer[i] for i in ids], jnp.int32)))
-      keys += list(k_LxBxHkvxSxH)
+      keys += list(k_LxBxHkvxHxS)
       values += list(v_LxBxHkvxSxH)
     hidden_FxBxTxD = hidden_FxBxTxD[jnp.asarray([kept.index(i) for i in layer_ids], jnp.int32)]
     return x_BxTxD, KVCache(tuple(keys), tuple(values)), jnp.moveaxis(hidden_FxBxTxD, 0, 2)
@@ -126,7 +126,7 @@ class Transformer(nnx.Module):
     keys, values, hidden = [], [], {}
     for i in range(self.cfg.num_layers):
       x_BxTxD, k_cache, v_cache = nnx.merge(graph_of_layer[i], layer_params[i])(
-          x_BxTxD, positions_BxT, cache.k_BxHkvxSxH[i], cache.v_BxHkvxSxH[i], rope)
+          x_BxTxD, positions_BxT, cache.k_BxHkvxHxS[i], cache.v_BxHkvxSxH[i], rope)
       keys.append(k_cache)
       values.append(v_cache)
       hidden[i] = x_BxTxD
