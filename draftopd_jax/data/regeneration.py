@@ -97,9 +97,11 @@ def generate_shard(model: LoadedModel, prompts: list[list[int]], settings: Corpu
       prompt_BxP, mask_BxP = pad_batch(rows, tokenizer.pad_id)
       if split is not None and len(rows) % split.num_devices == 0:
         prompt_BxP, mask_BxP = jax.device_put((prompt_BxP, mask_BxP), split)
+      # The rows are of nearly one length already: one prefill, which keeps their sharding.
       state = engine.run(model.cfg, model.params, prompt_BxP, mask_BxP,
                          max_new_tokens=settings.response_tokens, sampling=sampling,
-                         eos_ids=tokenizer.eos_ids, seed=seed + start, progress=bar)
+                         eos_ids=tokenizer.eos_ids, seed=seed + start, progress=bar,
+                         prefill_rows=len(rows))
       responses += engine.new_tokens(state)
       slots += (int(state.step) + 1) * len(rows)  # + 1: the prefill's token
   in_order: list[list[int]] = [[] for _ in prompts]
