@@ -3,7 +3,7 @@ prompt instead of idling until the longest row of its batch ends.
 
 The decoding loop returns to the host every `chunk` steps. Finished rows hand over their tokens,
 and once `refill_rows` rows are free (or no prompt is left to wait for) the next prompts, in the
-order given, are prefilled together and written into the free rows (`engine.replace_rows`). All
+order given, are prefilled together and written into the free rows (`replace_rows`). All
 rows share one buffer length, fixed by the longest prompt, so the decoding step compiles once;
 prefills compile once per prompt-width bucket. Greedy output equals batch-by-batch generation.
 """
@@ -15,6 +15,7 @@ import numpy as np
 
 from draftopd_jax.decoding import engine
 from draftopd_jax.decoding.padding import pad_batch
+from draftopd_jax.decoding.state import replace_rows
 from draftopd_jax.models import ModelConfig, Params
 from draftopd_jax.models.drafters import Autoregressive
 from draftopd_jax.sampling import SamplingConfig
@@ -80,7 +81,7 @@ def generate_all(target_cfg: ModelConfig, target_params: Params, prompts: list[l
       rows, free = free[:len(take)], free[len(take):]
       rows_R = np.full(refill_rows, batch_size, np.int32)  # past the batch: skipped
       rows_R[:len(rows)] = rows
-      state = engine.replace_rows(state, prefill(take, refill_rows), rows_R)
+      state = replace_rows(state, prefill(take, refill_rows), rows_R)
       slots += refill_rows
       for r, i in zip(rows, take):
         owner[r] = i
