@@ -130,11 +130,12 @@ def test_greedy_generation_matches_transformers_generate(smollm, hf_smollm):
   assert ours == ref
 
 
-@pytest.mark.parametrize("prefill_rows", [4, 1], ids=["whole-batch prefill", "row by row"])
+@pytest.mark.parametrize("prefill_rows", [4, 2], ids=["whole-batch prefill", "two rows at a time"])
 def test_batched_chat_generation_equals_the_recorded_old_path(smollm, prefill_rows):
   """Token-for-token the output of the engine before its throughput rewrite (per-layer caches
   in [B, Kv, S, H], unrolled layers), recorded in tests/data with the commit that produced it;
-  also with the prompts prefilled one at a time, each at its own width (`prefill_by_length`)."""
+  also with the prompts prefilled two at a time by length, each pair at its own width
+  (`prefill_by_length`: two prefill shapes to compile, not four)."""
   golden = json.loads((pathlib.Path(__file__).parent / "data/greedy_batch_golden.json").read_text())
   ids = encode_prompts(smollm, golden["prompts"], chat_template=True)
   tokens, mask = pad_batch(ids, smollm.tokenizer.pad_id)
