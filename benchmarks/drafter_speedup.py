@@ -6,9 +6,13 @@ does the same work) by: transformers `generate`; our autoregressive loop; specul
 with each drafter. Wall clock covers prefill and decode. Settings alternate prompt by prompt over
 --runs rounds after a warm-up round (compilation), and the medians of each setting's total time
 per round are compared. Speculative outputs are checked to equal the autoregressive ones.
+With --blocks, each drafter is also measured verifying only its first K-1 proposals per step
+(`Truncated`), for each K listed.
 
   python benchmarks/drafter_speedup.py --drafter sft=runs/paper/plateau/drafter \
       --drafter opd=runs/paper/opd_s0/drafter [--prompts_per_set 2] [--new_tokens 64] [--runs 2]
+  python benchmarks/drafter_speedup.py --drafter shipped=smollm2-135m-instruct-dflash \
+      --blocks 2,3 --new_tokens 128
 
 The last line printed is JSON.
 """
@@ -29,7 +33,7 @@ from draftopd_jax.decoding import engine
 from draftopd_jax.io import load_model
 from draftopd_jax.io.drafter_checkpoint import load_drafter
 from draftopd_jax.io.zoo import resolve
-from draftopd_jax.models.drafters import Autoregressive
+from draftopd_jax.models.drafters import Autoregressive, Truncated
 from draftopd_jax.sampling import SamplingConfig
 
 SETS = ("humaneval", "mtbench", "sharegpt")
@@ -58,13 +62,17 @@ def main() -> None:
   parser.add_argument("--prompts_per_set", type=int, default=2)
   parser.add_argument("--new_tokens", type=int, default=64)
   parser.add_argument("--runs", type=int, default=2)
+  parser.add_argument("--blocks", default="", help="truncated block sizes to measure too, e.g. 2,3")
   args = parser.parse_args()
   if not args.drafter or any("=" not in d for d in args.drafter):
     parser.error("give at least one --drafter NAME=DIR")
+  blocks = [int(k) for k in args.blocks.split(",") if k]
 
   model = load_model("smollm2-135m-instruct")
   drafters = {name: load_drafter(path, model.cfg, model.tokenizer)
               for name, path in (d.split("=", 1) for d in args.drafter)}
+  drafters |= {f"{name}_K{k}": (Truncated(drafter, k), params)
+               for name, (drafter, params) in list(drafters.items()) for k in blocks}
   texts = [t for s in SETS for t in prompts.eval_prompts(s, args.prompts_per_set, 0.02)]
   encoded = encode_prompts(model, texts, chat_template=True)
   path = resolve("smollm2-135m-instruct")

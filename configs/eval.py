@@ -41,6 +41,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       checkpoint="",  # a saved drafter; empty = an untrained drafter of `kind`
       model="smollm2-135m-instruct" if variant == "draft_model" else "",  # the draft model
       block_size=8,
+      # Tokens per verify pass (the anchor and the first proposals), if fewer than the block:
+      # a verify pass costs more per row on CPUs, where a drafter whose later proposals are
+      # rarely accepted is faster with fewer verified (benchmarks/drafter_speedup.py --blocks).
+      # 0 = the whole block.
+      verify_block=0,
       num_layers=2,  # DFlash layers
       mask_token_id=0,  # DFlash MASK input; SmolLM2's <|endoftext|> never appears in chats
       # an untrained drafter's draft vocabulary (EAGLE-3; DFlash: 0 = the whole vocabulary)

@@ -9,13 +9,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from inprocess import run_job
+from inprocess import job_config, run_job
 
 from draftopd_jax.data.prompts import is_heldout, mtbench_first_turns, sharegpt_prompts
 from draftopd_jax.decoding.engine import Trace
 from draftopd_jax.errors import UserError
 from draftopd_jax.evaluation import metrics, scaling
 from draftopd_jax.io.drafter_checkpoint import load_drafter, save_drafter
+from draftopd_jax.jobs.eval import build_drafter
 from draftopd_jax.models import ModelConfig, dflash, eagle3
 from draftopd_jax.models.drafters import DFlashDrafter, Eagle3Drafter
 
@@ -82,6 +83,12 @@ def test_drafter_checkpoints_round_trip_and_refuse_another_target(tmp_path):
     load_drafter(tmp_path, CFG)
 
 
+def test_eval_refuses_a_verify_block_outside_the_drafters_block():
+  for bad in (1, 9):
+    with pytest.raises(UserError, match="pass 2 to 8, or 0"):
+      build_drafter(job_config("eval.py:oracle", drafter__verify_block=bad).drafter, None)
+
+
 def test_heldout_split_is_deterministic_and_disjoint():
   assert is_heldout("abc", 0.5) == is_heldout("abc", 0.5)
   share = np.mean([is_heldout(f"id{i}", 0.1) for i in range(5000)])
@@ -102,18 +109,22 @@ def test_mtbench_first_turns():
 # width were most of the suite's longest test.
 # The oracle's 24 tokens are three whole blocks (tau = K); the untrained drafter commits about a
 # token per step, and each of its tokens costs a verify step (decoding was most of this test).
-# The draft-model run has SmolLM2-135M draft for itself: identical output (lossless) and every
-# proposal accepted (tau = K), through the zoo loader and the drafter's own KV cache.
-@pytest.mark.parametrize("variant,tau,datasets,tokens", [
-    ("oracle", 8.0, ("mtbench",), 24), ("dflash", None, ("humaneval", "sharegpt"), 12),
-    ("draft_model", 8.0, ("mtbench",), 24)], ids=["oracle", "dflash", "draft_model"])
-def test_eval_job_writes_results_and_plots(tmp_path, variant, tau, datasets, tokens, capsys):
-  run_job(f"eval.py:{variant}", tmp_path, num_prompts=1, max_new_tokens=tokens, datasets=datasets)
+# The draft-model run has SmolLM2-135M draft for itself, verifying 4 of its 8 slots a step:
+# identical output (lossless) and every proposal accepted (tau = 4), through the zoo loader, the
+# drafter's own KV cache and a truncated block.
+@pytest.mark.parametrize("variant,verify_block,tau,datasets,tokens", [
+    ("oracle", 0, 8.0, ("mtbench",), 24), ("dflash", 0, None, ("humaneval", "sharegpt"), 12),
+    ("draft_model", 4, 4.0, ("mtbench",), 24)], ids=["oracle", "dflash", "draft_model"])
+def test_eval_job_writes_results_and_plots(tmp_path, variant, verify_block, tau, datasets, tokens,
+                                           capsys):
+  run_job(f"eval.py:{variant}", tmp_path, num_prompts=1, max_new_tokens=tokens, datasets=datasets,
+          drafter__verify_block=verify_block)
   results = json.loads((tmp_path / "results.json").read_text())
   assert set(results["datasets"]) == set(datasets)
+  proposals = (verify_block or 8) - 1
   for r in results["datasets"].values():
     assert r["lossless"] and r["num_prompts"] == 1 and r["speedup"] > 0
-    assert len(r["reach_rate"]) == 7 and sum(r["length_histogram"]) == r["num_steps"]
+    assert len(r["reach_rate"]) == proposals and sum(r["length_histogram"]) == r["num_steps"]
     if tau:
       assert r["tau"] == tau
   assert (tmp_path / "acceptance_by_position.png").stat().st_size > 1000

@@ -14,7 +14,7 @@ from draftopd_jax.decoding.padding import pad_batch
 from draftopd_jax.decoding import engine
 from draftopd_jax.models import KVCache, ModelConfig, dflash, eagle3, forward, init_params
 from draftopd_jax.models.drafters import (DFlashDrafter, DraftModel, Eagle3Drafter, Oracle,
-                                          draft_model_params)
+                                          Truncated, draft_model_params)
 from draftopd_jax.sampling import SamplingConfig, filtered_logits
 
 CFG = ModelConfig(family="qwen3", vocab_size=53, hidden_size=32, num_layers=4, num_heads=4,
@@ -81,6 +81,29 @@ def test_oracle_accepts_everything(autoregressive):
   np.testing.assert_array_equal(np.asarray(state.trace.accepted_BxN)[:, :6], K - 1)
   np.testing.assert_array_equal(np.asarray(state.trace.committed_BxN)[:, :6],
                                 [[4, 4, 4, 4, 4, 3]] * 3)
+
+
+@pytest.mark.parametrize("kind", ["dflash_vocab", "eagle3", "draft_model"])
+def test_a_truncated_block_verifies_the_drafters_first_proposals(autoregressive, kind):
+  tokens, mask = pad_batch(PROMPTS, pad_id=0)
+  drafter, params = make_drafter(kind)
+  run = lambda d: engine.run(CFG, PARAMS, tokens, mask, drafter=d, drafter_params=params,
+                             max_new_tokens=24)
+  full, short = run(drafter), run(Truncated(drafter, 2))
+  assert engine.new_tokens(short) == engine.new_tokens(autoregressive)
+  # Both first steps draft from the prefill's anchor: one proposal, the whole block's first.
+  np.testing.assert_array_equal(np.asarray(short.trace.proposals_BxNxK1)[:, 0],
+                                np.asarray(full.trace.proposals_BxNxK1)[:, 0, :1])
+
+
+def test_a_truncated_oracle_commits_two_tokens_a_step(autoregressive):
+  tokens, mask = pad_batch(PROMPTS, pad_id=0)
+  state = engine.run(CFG, PARAMS, tokens, mask, drafter=Truncated(Oracle(block_size=K), 2),
+                     drafter_params=oracle_params(autoregressive), max_new_tokens=24)
+  assert engine.new_tokens(state) == engine.new_tokens(autoregressive)
+  assert np.asarray(state.trace.num_steps_B).tolist() == [12, 12, 12]  # 23 tokens, 2 a step
+  with pytest.raises(ValueError, match="at most the drafter's 4 slots"):
+    Truncated(Oracle(block_size=K), K + 1)
 
 
 def test_dflash_on_a_moe_target_is_lossless():

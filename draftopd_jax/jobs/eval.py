@@ -23,17 +23,30 @@ from draftopd_jax.evaluation import metrics, plots
 from draftopd_jax.io import LoadedModel, load_model
 from draftopd_jax.io.drafter_checkpoint import load_drafter
 from draftopd_jax.jobs.new_drafter import new_drafter
-from draftopd_jax.models.drafters import Autoregressive, DraftModel, Oracle, draft_model_params
+from draftopd_jax.models.drafters import (Autoregressive, DraftModel, Oracle, Truncated,
+                                          draft_model_params)
 from draftopd_jax.sampling import SamplingConfig
 
 DRAFTER_KINDS = ("dflash", "eagle3", "oracle", "draft_model")
 
 
 def build_drafter(c, model: LoadedModel):
-  """(drafter, params) from `config.drafter`: a checkpoint, or an untrained one of `kind`.
+  """(drafter, params) from `config.drafter`: a checkpoint, or an untrained one of `kind`,
+  verifying `verify_block` tokens per step if set.
 
   The oracle's params depend on the prompt and are filled in per prompt (None here).
   """
+  drafter, params = _whole_block_drafter(c, model)
+  if not c.verify_block:
+    return drafter, params
+  if not 2 <= c.verify_block <= drafter.block_size:
+    raise UserError(f"config.drafter.verify_block={c.verify_block}: a verify pass holds the "
+                    f"anchor and 1 to {drafter.block_size - 1} proposals of this drafter; pass "
+                    f"2 to {drafter.block_size}, or 0 for its whole block")
+  return Truncated(drafter, c.verify_block), params
+
+
+def _whole_block_drafter(c, model: LoadedModel):
   if c.kind not in DRAFTER_KINDS:
     raise UserError(f"config.drafter.kind={c.kind!r}; choose one of {', '.join(DRAFTER_KINDS)}")
   if c.checkpoint:
@@ -92,7 +105,8 @@ def decode_both(model: LoadedModel, width: int, drafter, params, config):
     ar = timed_decode(model, tokens, mask, Autoregressive(), None, config.max_new_tokens, eos,
                       config.verify_impl)
     prompt_params = params
-    if isinstance(drafter, Oracle):  # the target's own continuation, padded past a block
+    if isinstance(drafter.inner if isinstance(drafter, Truncated) else drafter, Oracle):
+      # The target's own continuation, padded past a block.
       prompt_params = jnp.pad(ar[2].tokens_BxS, ((0, 0), (0, drafter.block_size)))
     return ar, timed_decode(model, tokens, mask, drafter, prompt_params, config.max_new_tokens,
                             eos, config.verify_impl)
