@@ -33,6 +33,7 @@ def test_acceptance_metrics_by_hand():
   s = metrics.summarize(lengths, block_size=4)
   assert s["tau"] == pytest.approx((7 / 3 + 3) / 2)  # macro: mean of per-response means
   assert s["tau_token_weighted"] == pytest.approx(13 / 5)
+  assert s["tau_per_response"] == pytest.approx([7 / 3, 3])
   assert s["length_histogram"] == [1, 1, 2, 1]
   assert s["reach_rate"] == pytest.approx([4 / 5, 3 / 5, 1 / 5])
   assert s["conditional_rate"] == pytest.approx([4 / 5, 3 / 4, 1 / 3])
@@ -124,6 +125,7 @@ def test_eval_job_writes_results_and_plots(tmp_path, variant, verify_block, tau,
   proposals = (verify_block or 8) - 1
   for r in results["datasets"].values():
     assert r["lossless"] and r["num_prompts"] == 1 and r["speedup"] > 0
+    assert r["tau_per_response"] == [r["tau"]]
     assert len(r["reach_rate"]) == proposals and sum(r["length_histogram"]) == r["num_steps"]
     if tau:
       assert r["tau"] == tau

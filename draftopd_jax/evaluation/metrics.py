@@ -1,7 +1,9 @@
 """Acceptance metrics from decoding traces (conventions: README, "Conventions").
 
 A verify step's acceptance length is accepted + 1 (the target's own token counts). tau is the
-mean over responses of each response's mean (macro); the token-weighted variant pools all steps.
+mean over responses of each response's mean (macro; each response's mean is kept too, so two
+drafters evaluated on the same prompts compare pairwise); the token-weighted variant pools all
+steps.
 Per-position acceptance: `reach_rate[j]` = share of steps whose proposal j was accepted (j = 1 is
 the first proposal); `conditional_rate[j]` = the same among steps that got as far as j.
 """
@@ -20,16 +22,19 @@ def summarize(lengths: list[np.ndarray], block_size: int) -> dict:
   """tau (macro and token-weighted), per-position rates and the histogram of lengths."""
   lengths = [l for l in lengths if len(l)]
   if not lengths:
-    return {"tau": float("nan"), "tau_token_weighted": float("nan"), "num_steps": 0,
-            "reach_rate": [], "conditional_rate": [], "length_histogram": [0] * block_size}
+    return {"tau": float("nan"), "tau_token_weighted": float("nan"), "tau_per_response": [],
+            "num_steps": 0, "reach_rate": [], "conditional_rate": [],
+            "length_histogram": [0] * block_size}
   pooled = np.concatenate(lengths)
   accepted = pooled - 1
   reach = [float(np.mean(accepted >= j)) for j in range(1, block_size)]
   conditional = [float(np.mean(accepted[accepted >= j - 1] >= j)) if np.any(accepted >= j - 1)
                  else float("nan") for j in range(1, block_size)]
+  per_response = [float(l.mean()) for l in lengths]
   return {
-      "tau": float(np.mean([l.mean() for l in lengths])),
+      "tau": float(np.mean(per_response)),
       "tau_token_weighted": float(pooled.mean()),
+      "tau_per_response": per_response,
       "num_steps": int(len(pooled)),
       "reach_rate": reach,
       "conditional_rate": conditional,
