@@ -132,3 +132,22 @@ def test_eval_job_writes_results_and_plots(tmp_path, variant, verify_block, tau,
   assert (tmp_path / "acceptance_by_position.png").stat().st_size > 1000
   assert (tmp_path / "acceptance_length_hist.png").stat().st_size > 1000
   assert "speedup" in capsys.readouterr().out
+
+
+def test_paired_bootstrap_by_hand():
+  old = {"a": [1.0, 1.2, 1.4, 1.6], "b": [2.0, 2.0]}
+  shifted = {"a": [1.1, 1.3, 1.5, 1.7], "b": [2.1, 2.1]}
+  r = metrics.paired_bootstrap(shifted, old, num_samples=2000)
+  # Every prompt gains exactly 0.1: pairing removes the spread between prompts.
+  assert (r["new_tau"], r["old_tau"]) == pytest.approx((1.75, 1.65))
+  assert r["difference"] == pytest.approx(0.1)
+  assert r["difference_ci95"] == pytest.approx([0.1, 0.1])
+  assert r["ratio"] == pytest.approx(1.75 / 1.65)
+  assert r["ratio_ci95"][0] <= r["ratio"] <= r["ratio_ci95"][1]
+  noisy = metrics.paired_bootstrap({"a": [1.0, 1.6, 1.2, 1.4]}, {"a": [1.2, 1.4, 1.0, 1.6]},
+                                   num_samples=2000)
+  assert noisy["difference"] == pytest.approx(0.0, abs=1e-12)
+  lo, hi = noisy["difference_ci95"]
+  assert lo < 0 < hi
+  with pytest.raises(ValueError, match="same non-empty prompt sets"):
+    metrics.paired_bootstrap({"a": [1.0]}, {"a": [1.0, 2.0]})

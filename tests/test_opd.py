@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from draftopd_jax.decoding import engine
-from draftopd_jax.evaluation.heldout import heldout_tau
+from draftopd_jax.evaluation.heldout import heldout_taus
 from draftopd_jax.models import ModelConfig, dflash, eagle3, init_params
 from draftopd_jax.models.drafters import DFlashDrafter, Eagle3Drafter
 from draftopd_jax.opd import anchor_plan, losses, replay, update_step
@@ -365,8 +365,8 @@ def test_opd_raises_heldout_tau_of_an_sft_drafter(tmp_path):
   cfg = dflash.DFlashConfig.for_target(target_cfg, num_layers=2, block_size=4, mask_token_id=52)
   drafter, mesh = DFlashDrafter(cfg), sharding.make_mesh()
   heldout_prompts = pad_batch([list(e.prompt_ids) for e in heldout], 0)
-  tau = lambda params: heldout_tau(target_cfg, target, drafter, params, *heldout_prompts,
-                                           max_new_tokens=24, eos_ids=())
+  tau = lambda params: np.mean(heldout_taus(target_cfg, target, drafter, params, *heldout_prompts,
+                                                   max_new_tokens=24, eos_ids=()))
 
   sft_optimizer = trainer.make_optimizer(3e-3, warmup_steps=5, total_steps=200)
   sft_step, state, placed = trainer.shard_step(

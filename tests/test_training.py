@@ -9,7 +9,7 @@ import pytest
 
 from draftopd_jax.decoding.padding import pad_batch
 from draftopd_jax.decoding import engine
-from draftopd_jax.evaluation.heldout import heldout_tau
+from draftopd_jax.evaluation.heldout import heldout_taus
 from draftopd_jax.models import ModelConfig, dflash, init_params, transformer
 from draftopd_jax.models.drafters import DFlashDrafter
 from draftopd_jax.parallel import sharding
@@ -87,8 +87,8 @@ def test_dflash_sft_lowers_loss_and_raises_heldout_tau(tmp_path):
                                    gamma=0.0, distill=False)
   train_step, state, target = trainer.shard_step(step_fn, sharding.make_mesh(), state, PARAMS)
   heldout_prompts = pad_batch([list(e.prompt_ids) for e in heldout], 0)
-  tau = lambda params: heldout_tau(CFG, PARAMS, DFlashDrafter(cfg), params,
-                                           *heldout_prompts, max_new_tokens=24, eos_ids=())
+  tau = lambda params: np.mean(heldout_taus(CFG, PARAMS, DFlashDrafter(cfg), params,
+                                                   *heldout_prompts, max_new_tokens=24, eos_ids=()))
   tau_before = tau(state.params)
   losses = []
   for step in range(200):

@@ -11,14 +11,15 @@ from draftopd_jax.io import LoadedModel
 from draftopd_jax.models import ModelConfig
 
 
-def heldout_tau(target_cfg: ModelConfig, target_params: dict, drafter, drafter_params,
-                prompt_BxP: np.ndarray, prompt_mask_BxP: np.ndarray, max_new_tokens: int,
-                eos_ids: tuple[int, ...]) -> float:
-  """Macro tau of greedy speculative decoding on a fixed held-out batch."""
+def heldout_taus(target_cfg: ModelConfig, target_params: dict, drafter, drafter_params,
+                 prompt_BxP: np.ndarray, prompt_mask_BxP: np.ndarray, max_new_tokens: int,
+                 eos_ids: tuple[int, ...]) -> list[float]:
+  """Each response's tau under greedy speculative decoding of a fixed held-out batch."""
   state = engine.run(target_cfg, target_params, prompt_BxP, prompt_mask_BxP, drafter=drafter,
                      drafter_params=drafter_params, max_new_tokens=max_new_tokens,
                      eos_ids=eos_ids)
-  return metrics.summarize(metrics.acceptance_lengths(state.trace), drafter.block_size)["tau"]
+  return metrics.summarize(metrics.acceptance_lengths(state.trace),
+                           drafter.block_size)["tau_per_response"]
 
 
 class HeldoutTau:
@@ -33,11 +34,16 @@ class HeldoutTau:
                                        chat_template=True), model.tokenizer.pad_id)
         for name in datasets}
 
+  def per_response(self, drafter, drafter_params, target_params) -> dict[str, list[float]]:
+    """Dataset name -> each prompt's tau, in prompt order."""
+    return {name: heldout_taus(self.model.cfg, target_params, drafter, drafter_params, *batch,
+                               self.max_new_tokens, self.model.tokenizer.eos_ids)
+            for name, batch in self.batches.items()}
+
   def __call__(self, drafter, drafter_params, target_params) -> dict[str, float]:
     """Per dataset ("heldout_tau/NAME") and their mean ("heldout_tau")."""
-    taus = {f"heldout_tau/{name}": heldout_tau(
-        self.model.cfg, target_params, drafter, drafter_params, *batch, self.max_new_tokens,
-        self.model.tokenizer.eos_ids) for name, batch in self.batches.items()}
+    taus = {f"heldout_tau/{name}": float(np.mean(per_prompt)) for name, per_prompt in
+            self.per_response(drafter, drafter_params, target_params).items()}
     return {"heldout_tau": float(np.mean(list(taus.values()))), **taus}
 
 

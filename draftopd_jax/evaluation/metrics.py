@@ -46,3 +46,25 @@ def summarize(lengths: list[np.ndarray], block_size: int) -> dict:
 def speedup(ar_seconds_per_token: list[float], spec_seconds_per_token: list[float]) -> float:
   """Mean time per output token of autoregressive over speculative decoding (per prompt)."""
   return float(np.mean(ar_seconds_per_token) / np.mean(spec_seconds_per_token))
+
+
+def paired_bootstrap(new: dict[str, list[float]], old: dict[str, list[float]],
+                     num_samples: int = 10_000, seed: int = 0) -> dict:
+  """Macro tau of two drafters measured on the same prompts (set name -> each prompt's tau, in
+  the same order for both): their difference and ratio with 95% intervals from resampling the
+  prompts of each set with replacement, both drafters' taus of a prompt together."""
+  if new.keys() != old.keys() or any(len(new[s]) != len(old[s]) or not new[s] for s in new):
+    raise ValueError("paired_bootstrap needs the same non-empty prompt sets for both drafters")
+  rng = np.random.default_rng(seed)
+  new_sum, old_sum = np.zeros(num_samples), np.zeros(num_samples)
+  for name in new:
+    a, b = np.asarray(new[name]), np.asarray(old[name])
+    picks = rng.integers(0, len(a), (num_samples, len(a)))
+    new_sum += a[picks].mean(1)
+    old_sum += b[picks].mean(1)
+  new_tau = float(np.mean([np.mean(v) for v in new.values()]))
+  old_tau = float(np.mean([np.mean(v) for v in old.values()]))
+  interval = lambda x: [float(q) for q in np.percentile(x, [2.5, 97.5])]
+  return {"new_tau": new_tau, "old_tau": old_tau, "difference": new_tau - old_tau,
+          "difference_ci95": interval((new_sum - old_sum) / len(new)),
+          "ratio": new_tau / old_tau, "ratio_ci95": interval(new_sum / old_sum)}
