@@ -11,7 +11,7 @@ from draftopd_jax.decoding.padding import pad_batch
 from draftopd_jax.decoding import SamplingConfig, generate
 from draftopd_jax.decoding.continuous import generate_all
 from draftopd_jax.errors import UserError
-from draftopd_jax.models import KVCache, ModelConfig, forward, init_params
+from draftopd_jax.models import KVCache, ModelConfig, forward, init_params, layers
 from draftopd_jax.sampling import filtered_logits, sample
 
 CFG = ModelConfig(family="qwen3", vocab_size=53, hidden_size=32, num_layers=2, num_heads=4,
@@ -38,6 +38,23 @@ def references():
 def test_batched_greedy_equals_naive_loop(references, left):
   tokens, mask = pad_batch(PROMPTS, pad_id=0, left=left)
   assert generate(CFG, PARAMS, tokens, mask, max_new_tokens=12) == references
+
+
+def test_a_batch_on_the_fused_score_path_equals_naive_loop(references):
+  # 48 rows x 2 KV heads reach layers.FUSED_SCORE_MATRICES: decoding scores are multiply-adds.
+  tokens, mask = pad_batch(PROMPTS * 16, pad_id=0, left=True)
+  assert tokens.shape[0] * CFG.num_kv_heads >= layers.FUSED_SCORE_MATRICES
+  assert generate(CFG, PARAMS, tokens, mask, max_new_tokens=12) == references * 16
+
+
+@pytest.mark.parametrize("batch,rows,slots", [(48, 2, 37), (48, 2, 512), (1, 2, 37), (48, 16, 37)],
+                         ids=["fused", "einsum-aligned-slots", "einsum-one-row", "einsum-long-query"])
+def test_cache_scores_equal_the_einsum_on_either_path(batch, rows, slots):
+  q_BxKxRxH = jax.random.normal(jax.random.key(0), (batch, 2, rows, 8))
+  k_BxKxHxS = jax.random.normal(jax.random.key(1), (batch, 2, 8, slots))
+  np.testing.assert_allclose(layers.cache_scores(q_BxKxRxH, k_BxKxHxS),
+                             jnp.einsum("bkqh,bkhs->bkqs", q_BxKxRxH, k_BxKxHxS), rtol=1e-5,
+                             atol=1e-5)
 
 
 def test_eos_stops_each_sequence_on_its_own(references):
