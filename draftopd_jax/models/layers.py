@@ -64,8 +64,9 @@ def cache_scores(q_BxHkvxRxH: jax.Array, k_BxHkvxHxS: jax.Array) -> jax.Array:
   multiply-add over the head dimension fuses into one pass over the keys: 1.1-2.6 ms against
   2.1-4.1 ms per layer at batch 64 x 3 KV heads x 3 rows and 449 to 768 slots, 2.7-4.3 against
   7.0-7.8 ms at batch 128; level at batch 16 and 32. It loses at batch 1 (its one loop is not
-  split over cores), from about 24 rows, and at slot counts that are multiples of 256 (its H key rows, S floats apart, then fall into
-  the same cache sets: 6.9 vs 4.5 ms at 1,024 slots), where the einsum stays.
+  split over cores), from about 24 rows, and at slot counts that are multiples of 256 (its H key
+  rows, S floats apart, then fall into the same cache sets: 6.9 vs 4.5 ms at 1,024 slots), where
+  the einsum stays.
   """
   b, kv, r, h = q_BxHkvxRxH.shape
   s = k_BxHkvxHxS.shape[-1]
