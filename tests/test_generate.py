@@ -47,7 +47,8 @@ def test_a_batch_on_the_fused_score_path_equals_naive_loop(references):
   assert generate(CFG, PARAMS, tokens, mask, max_new_tokens=12) == references * 16
 
 
-@pytest.mark.parametrize("batch,rows,slots", [(48, 2, 37), (48, 2, 512), (1, 2, 37), (48, 16, 37)],
+@pytest.mark.parametrize("batch,rows,slots",
+                         [(48, 2, 37), (48, 2, 512), (1, 2, 37), (48, 16, 37)],
                          ids=["fused", "einsum-aligned-slots", "einsum-one-row", "einsum-long-query"])
 def test_cache_scores_equal_the_einsum_on_either_path(batch, rows, slots):
   q_BxKxRxH = jax.random.normal(jax.random.key(0), (batch, 2, rows, 8))
