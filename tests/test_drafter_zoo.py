@@ -67,6 +67,7 @@ def test_the_default_opd_job_starts_from_a_shipped_drafter():
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("xla_optimized")
 def test_the_shipped_drafter_loads_by_name_and_beats_a_regression_guard(tmp_path):
   # A guard, not the bar (the model card, docs/smollm2-135m-instruct-dflash.md, has the figures of
   # 32 prompts x 128 tokens): 4 x 32 measured 1.475 for this drafter, 1.429, 1.387, 1.359, 1.323,
