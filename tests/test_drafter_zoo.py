@@ -57,7 +57,17 @@ def test_drafter_names_resolve_in_one_place(tmp_path, monkeypatch):
     load_drafter("gone", CFG)
   assert zoo.resolve_drafter(str(tmp_path)) == tmp_path
   with pytest.raises(UserError, match="is not a drafter checkpoint"):
+    read_meta(tmp_path / "zoo")  # a folder, but no drafter.json
+  with pytest.raises(UserError, match="neither a shipped drafter .tiny-dflash, gone. nor an"):
     read_meta(tmp_path / "nothing-here")
+
+
+@pytest.mark.slow
+def test_sft_from_a_missing_drafter_fails_before_its_data(tmp_path):
+  # Before the data: its regeneration would take minutes first (the default job: about 15).
+  with pytest.raises(UserError, match="'missing' is neither a shipped drafter"):
+    run_job("sft.py", tmp_path / "run", drafter__init_from="missing")
+  assert not (tmp_path / "run").exists()
 
 
 def test_the_default_opd_job_starts_from_a_shipped_drafter():

@@ -56,6 +56,12 @@ def test_interrupted_regeneration_resumes_without_duplicates_or_gaps(tmp_path):
   assert calls == []  # a finished cache is reused as it is
 
 
+def test_regeneration_progress_shows_tokens_per_second(tmp_path, capsys):
+  data.regenerate([[1, 2], [3, 4], [5, 6]], tmp_path / "r.jsonl", fake_generate([]), batch_size=2)
+  bar = capsys.readouterr().err.replace("\r", "\n").splitlines()[-1]
+  assert "3/3" in bar and float(bar.split(", ")[-1].split(" tok/s")[0]) > 0, bar
+
+
 def test_batches_mask_response_tokens_only():
   examples = [data.Example((1, 2, 3), (4, 5)), data.Example((6,), (7, 8, 9, 10, 11, 12))]
   tokens, mask = data.to_batch(examples, seq_len=5, pad_id=0)
@@ -119,7 +125,7 @@ def test_init_from_loads_a_saved_drafter(tmp_path):
   import ml_collections
 
   from draftopd_jax.io.drafter_checkpoint import save_drafter
-  from draftopd_jax.jobs.sft import make_drafter
+  from draftopd_jax.jobs.sft import load_init_drafter
 
   cfg = dflash.DFlashConfig.for_target(CFG, num_layers=1, block_size=3, mask_token_id=52)
   params = dflash.init_params(cfg, seed=7)
@@ -127,7 +133,7 @@ def test_init_from_loads_a_saved_drafter(tmp_path):
   config = ml_collections.ConfigDict({"drafter": {"kind": "dflash",
                                                   "init_from": str(tmp_path / "drafter")},
                                       "train": {"seed": 0}})
-  drafter, loaded = make_drafter(config, SimpleNamespace(cfg=CFG, tokenizer=None), examples=[])
+  drafter, loaded = load_init_drafter(config, SimpleNamespace(cfg=CFG, tokenizer=None))
   assert drafter == DFlashDrafter(cfg)
   jax.tree.map(np.testing.assert_array_equal, params, loaded)
 

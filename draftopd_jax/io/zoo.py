@@ -75,15 +75,19 @@ def resolve(name_or_path: str) -> pathlib.Path:
 
 
 def resolve_drafter(name_or_path: str) -> pathlib.Path:
-  """A drafter zoo name or a path -> the drafter's folder (a path's contents are checked by its
-  reader)."""
+  """A drafter zoo name or an existing path -> the drafter's folder (a path's contents are
+  checked by its reader)."""
   if name_or_path in DRAFTER_ZOO:
     path = _DRAFTER_DIR / DRAFTER_ZOO[name_or_path]
     if not (path / "drafter.json").is_file():
       raise UserError(f"drafter {name_or_path!r} is not in this installation ({path} is missing); "
                       "pass a drafter checkpoint folder instead")
     return path
-  return pathlib.Path(name_or_path).expanduser()
+  path = pathlib.Path(name_or_path).expanduser()
+  if not path.exists():
+    raise UserError(f"drafter {name_or_path!r} is neither a shipped drafter "
+                    f"({', '.join(DRAFTER_ZOO)}) nor an existing checkpoint folder")
+  return path
 
 
 def default_cache_dir() -> pathlib.Path:

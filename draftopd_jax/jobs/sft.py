@@ -99,16 +99,19 @@ def target_features(config, model: LoadedModel, drafter: DFlashDrafter,
   return cache
 
 
-def make_drafter(config, model: LoadedModel, examples: list[data.Example]):
-  """(drafter, params) to train: from `drafter.init_from`, or new of `drafter.kind`. A new
-  drafter's draft vocabulary is the most frequent tokens of the training examples."""
+def load_init_drafter(config, model: LoadedModel):
+  """(drafter, params) of `drafter.init_from`, a `drafter.kind` drafter made for this target."""
   c = config.drafter
-  if c.init_from:
-    drafter, params = load_drafter(c.init_from, model.cfg, model.tokenizer)
-    if not isinstance(drafter, DFlashDrafter if c.kind == "dflash" else Eagle3Drafter):
-      raise UserError(f"{c.init_from} is not a {c.kind} drafter; set config.drafter.kind")
-    return drafter, params
-  return new_drafter(c, model.cfg, config.train.seed, lambda: sum(
+  drafter, params = load_drafter(c.init_from, model.cfg, model.tokenizer)
+  if not isinstance(drafter, DFlashDrafter if c.kind == "dflash" else Eagle3Drafter):
+    raise UserError(f"{c.init_from} is not a {c.kind} drafter; set config.drafter.kind")
+  return drafter, params
+
+
+def new_sft_drafter(config, model: LoadedModel, examples: list[data.Example]):
+  """(drafter, params) of a new `drafter.kind` drafter; its draft vocabulary is the most
+  frequent tokens of the training examples."""
+  return new_drafter(config.drafter, model.cfg, config.train.seed, lambda: sum(
       np.bincount(np.asarray(e.response_ids, np.int64), minlength=model.cfg.vocab_size)
       for e in examples))
 
@@ -196,8 +199,10 @@ def run_sft(config, workdir: str | None) -> dict:
   mesh = trainer.training_mesh(config.mesh, config.sharding_rules, t.batch_size)
   model = load_model(config.model, dtype=config.dtype)
   check_step_memory(config, model.cfg.vocab_size)
+  # Loaded before the data, so a wrong init_from fails in seconds rather than after regeneration.
+  init = load_init_drafter(config, model) if config.drafter.init_from else None
   examples = training_examples(config, model, out)
-  drafter, params = make_drafter(config, model, examples)
+  drafter, params = init or new_sft_drafter(config, model, examples)
   features = target_features(config, model, drafter, examples) if d.feature_cache else None
   heldout = HeldoutTau(model, tuple(config.heldout.datasets), config.heldout.num_prompts,
                        config.heldout.max_new_tokens, d.heldout_fraction)

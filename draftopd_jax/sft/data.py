@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import pathlib
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -68,9 +69,13 @@ def regenerate(prompts: Sequence[Sequence[int]], path: str | pathlib.Path,
   with open(path, "a") as f, tqdm(total=len(prompts), initial=len(prompts) - len(todo),
                                   desc="regenerating responses", unit="ex",
                                   disable=not show_progress) as bar:
+    started, generated = time.perf_counter(), 0
     for start in range(0, len(todo), batch_size):
       indices = todo[start:start + batch_size]
       responses = generate_batch([list(prompts[i]) for i in indices])
+      generated += sum(len(r) for r in responses)
+      bar.set_postfix_str(f"{generated / (time.perf_counter() - started):.1f} tok/s",
+                          refresh=False)
       for i, response in zip(indices, responses):
         done[i] = Example(tuple(prompts[i]), tuple(response))
         f.write(json.dumps({"index": i, "prompt_ids": list(prompts[i]),
