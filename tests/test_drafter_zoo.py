@@ -64,7 +64,7 @@ def test_drafter_names_resolve_in_one_place(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_sft_from_a_missing_drafter_fails_before_its_data(tmp_path):
-  # Before the data: its regeneration would take minutes first (the default job: about 15).
+  # Before the data: regenerating it would take minutes first (about 15 for configs/sft.py).
   with pytest.raises(UserError, match="'missing' is neither a shipped drafter"):
     run_job("sft.py", tmp_path / "run", drafter__init_from="missing")
   assert not (tmp_path / "run").exists()
