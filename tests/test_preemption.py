@@ -106,6 +106,7 @@ def test_a_run_logs_metrics_tensorboard_and_drafters(reference):
   examples = len(next((workdir / "data").glob("*.jsonl")).read_text().splitlines())
   assert json.loads((cache / "manifest.json").read_text())["examples"] == examples
   assert (workdir / "best_drafter" / "drafter.json").is_file()
+  assert json.loads((workdir / "run_config.json").read_text())["train"]["steps"] == STEPS
   best = json.loads((workdir / "best.json").read_text())  # the final evaluation included
   assert best["heldout_tau"] == max(r["heldout_tau"] for r in records if "heldout_tau" in r)
   logged = tensorboard_scalars(workdir / "tensorboard")

@@ -14,7 +14,7 @@ from draftopd_jax.models import ModelConfig, dflash, init_params, transformer
 from draftopd_jax.models.drafters import DFlashDrafter
 from draftopd_jax.parallel import sharding
 from draftopd_jax.sft import data, dflash_loss
-from draftopd_jax.training import trainer
+from draftopd_jax.training import loop, trainer
 
 CFG = ModelConfig(family="qwen3", vocab_size=53, hidden_size=32, num_layers=4, num_heads=4,
                   num_kv_heads=2, head_dim=8, intermediate_size=64, qk_norm=True)
@@ -60,6 +60,29 @@ def test_regeneration_progress_shows_tokens_per_second(tmp_path, capsys):
   data.regenerate([[1, 2], [3, 4], [5, 6]], tmp_path / "r.jsonl", fake_generate([]), batch_size=2)
   bar = capsys.readouterr().err.replace("\r", "\n").splitlines()[-1]
   assert "3/3" in bar and float(bar.split(", ")[-1].split(" tok/s")[0]) > 0, bar
+
+
+def test_a_resumed_run_keeps_the_settings_it_started_with(tmp_path):
+  import ml_collections
+
+  from draftopd_jax.errors import UserError
+
+  config = ml_collections.ConfigDict({
+      "train": {"steps": 10, "learning_rate": 1e-3}, "data": {"feature_cache_dir": "a"},
+      "heldout": {"num_prompts": 8}, "mesh": {"data": -1}, "drafter": {"layer_ids": (1, 2)}})
+  loop.record_config(config, tmp_path, resuming=False)
+  # Longer, with its cache moved, fewer held-out prompts and another mesh: the same run.
+  config.train.steps, config.data.feature_cache_dir = 20, "b"
+  config.heldout.num_prompts, config.mesh.data = 4, 2
+  loop.record_config(config, tmp_path, resuming=True)
+  config.train.learning_rate, config.drafter.layer_ids = 3e-3, (1, 3)
+  with pytest.raises(UserError, match=r"other settings \(drafter.layer_ids \[1, 2\] -> \[1, 3\]; "
+                                      r"train.learning_rate 0.001 -> 0.003\): resume it with"):
+    loop.record_config(config, tmp_path, resuming=True)
+  saved = json.loads((tmp_path / "run_config.json").read_text())
+  assert saved["train"] == {"steps": 20, "learning_rate": 1e-3}  # the refused run left it
+  loop.record_config(config, tmp_path, resuming=False)  # no checkpoint yet: a new start
+  assert json.loads((tmp_path / "run_config.json").read_text())["drafter"]["layer_ids"] == [1, 3]
 
 
 def test_batches_mask_response_tokens_only():

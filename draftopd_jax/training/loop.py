@@ -1,12 +1,15 @@
 """The training loop the SFT and Draft-OPD jobs share.
 
 `Run.start` places the train state and the frozen target on the mesh and resumes from the latest
-checkpoint; `Run.train` updates until the step limit or the FLOPs budget, with held-out tau when
-due, metrics, checkpoints, a NaN check and SIGTERM handling. A job supplies what differs as
+checkpoint (under the settings the run started with, kept in WORKDIR/run_config.json);
+`Run.train` updates until the step limit or the FLOPs budget, with held-out tau when due,
+metrics, checkpoints, a NaN check and SIGTERM handling. A job supplies what differs as
 `Hooks`: its batches, its FLOP count per update, what it logs and how it evaluates.
 """
 
 import dataclasses
+import json
+import os
 import pathlib
 import time
 from collections.abc import Callable
@@ -38,6 +41,42 @@ def stream_indices(seed: int, size: int, position: int, count: int, rows: slice)
   this process's devices hold."""
   order = lambda epoch: np.random.default_rng([seed, epoch]).permutation(size)
   return [order(p // size)[p % size] for p in range(position, position + count)][rows]
+
+
+# The settings that decide what a run trains and how (top-level config keys). A run resuming
+# from a checkpoint must keep them, so that one workdir never holds a run trained two ways; it
+# may run longer, move its feature cache, and change its mesh, held-out sets and logging.
+TRAINING_SETTINGS = ("mode", "model", "dtype", "init_from", "drafter", "data", "train", "loss",
+                     "rollout", "warmup")
+MAY_CHANGE_ON_RESUME = ("train.steps", "train.flops_budget", "data.feature_cache_dir")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  return {k: v for key, value in tree.items() for k, v in (
+      _flat(value, f"{prefix}{key}.").items() if isinstance(value, dict)
+      else [(f"{prefix}{key}", value)])}
+
+
+def record_config(config, out: pathlib.Path, resuming: bool) -> None:
+  """Keeps the run's config in WORKDIR/run_config.json; a run resuming from a checkpoint must
+  have the same TRAINING_SETTINGS, but for MAY_CHANGE_ON_RESUME."""
+  file = out / "run_config.json"
+  current = json.loads(json.dumps(config.to_dict(), default=str))  # tuples as lists, as read
+  if resuming and file.is_file():
+    saved, now = _flat(json.loads(file.read_text())), _flat(current)
+    changed = sorted(k for k in saved.keys() | now.keys()
+                     if saved.get(k) != now.get(k) and k.split(".")[0] in TRAINING_SETTINGS
+                     and k not in MAY_CHANGE_ON_RESUME)
+    if changed:
+      shown = "; ".join(f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:3])
+      raise UserError(f"{out} holds a run with other settings ({shown}"
+                      f"{'; ...' if len(changed) > 3 else ''}): resume it with the same settings "
+                      "or pass a new --workdir")
+  if jax.process_index() == 0:
+    out.mkdir(parents=True, exist_ok=True)
+    partial = file.with_suffix(".json.partial")
+    partial.write_text(json.dumps(current, indent=1))
+    os.replace(partial, file)  # other processes may be reading it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +113,7 @@ class Run:
         step_fn, mesh, trainer.init_state(params, optimizer, config.train.seed), target_params,
         config.sharding_rules, batch_inputs=batch_inputs)
     checkpointer = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
+    record_config(config, out, resuming=checkpointer.latest_step() is not None)
     position = 0
     if checkpointer.latest_step() is not None:
       state, position = checkpointer.restore(state)
