@@ -52,9 +52,14 @@ MAY_CHANGE_ON_RESUME = ("train.steps", "train.flops_budget", "data.feature_cache
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
-  return {k: v for key, value in tree.items() for k, v in (
-      _flat(value, f"{prefix}{key}.").items() if isinstance(value, dict)
-      else [(f"{prefix}{key}", value)])}
+  """{"a": {"b": 1}} -> {"a.b": 1}."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flat(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
 
 
 def record_config(config, out: pathlib.Path, resuming: bool) -> None:
