@@ -9,6 +9,9 @@ about 18% faster than one device with every thread (docs/data.md):
     intra_op_parallelism_threads=1" python -m draftopd_jax.main --config=configs/corpus.py
 The slice reserved for later experiments (never used by the SFT of the shipped drafter):
   python -m draftopd_jax.main --config=configs/corpus.py:reserved
+Held-out answers for SFT's validation loss (`configs/sft.py`, `config.data.validation_corpus`;
+the conversations every evaluation holds out, never trained on):
+  python -m draftopd_jax.main --config=configs/corpus.py:heldout
 A small smoke run:
   python -m draftopd_jax.main --config=configs/corpus.py:quick --workdir=/tmp/corpus_quick
 
@@ -19,7 +22,7 @@ seconds, decode slots) and CORPUS/shard-*.npz (token ids). `configs/sft.py` read
 
 import ml_collections
 
-VARIANTS = ("train", "reserved", "quick")
+VARIANTS = ("train", "reserved", "heldout", "quick")
 CORPORA = "corpora/smollm2-135m-instruct"  # committed corpora, relative to the repository root
 
 
@@ -34,7 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
   c.data = ml_collections.ConfigDict(dict(
       corpus=f"{CORPORA}/{variant}",  # the corpus folder; "" = WORKDIR/corpus
-      split="reserved" if variant == "reserved" else "train",
+      split=variant if variant in ("reserved", "heldout") else "train",
       heldout_fraction=0.02,  # conversations for evaluation only (the split every run uses)
       reserve_fraction=0.2,  # conversations kept for later experiments (configs/corpus.py:reserved)
       num_prompts=16_384,  # user turns to answer: about 2M response tokens at 256 tokens each
@@ -49,6 +52,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ))
   if variant == "reserved":
     c.data.num_prompts = 4096
+  if variant == "heldout":
+    c.data.update(num_prompts=256, shard_size=128)
   if variant == "quick":
     c.data.update(corpus="", num_prompts=6, shard_size=4, regen_batch_size=4, response_tokens=8,
                   max_prompt_tokens=128)
