@@ -120,6 +120,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ))
   c.heldout = ml_collections.ConfigDict(dict(  # datasets=() switches held-out tau off
       datasets=("humaneval", "mtbench"), num_prompts=8, max_new_tokens=64))
+  # The SFT loss and accuracy per slot on the first `examples` examples of a held-out corpus
+  # (configs/corpus.py:heldout), at every held-out evaluation: whether training still
+  # generalizes. "" = off.
+  c.validation = ml_collections.ConfigDict(dict(corpus="", examples=64))
   # Devices: a ("data", "fsdp", "tensor") mesh (-1 = the devices the other axes leave) and the
   # rules mapping logical axes (parallel/sharding.py: PARAM_AXES) to mesh axes.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, expert=1, tensor=1))
@@ -155,6 +159,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.steps, c.eval_every = 200, 20
   if variant == "corpus":
     c.data.update(corpus="corpora/smollm2-135m-instruct/train", seq_len=512, feature_cache=True)
+    c.validation.corpus = "corpora/smollm2-135m-instruct/heldout"
     c.train.update(steps=4000, batch_size=8, warmup_steps=100, num_anchors=48)
     c.drafter.draft_vocab_size = 16384  # 99.8% of the corpus's response tokens
     c.heldout.update(datasets=("humaneval", "mtbench", "sharegpt"), num_prompts=8)

@@ -106,27 +106,29 @@ def test_regeneration_fills_shards_and_resumes(smollm, tmp_path):
   assert all(s["generated_slots"] >= s["response_tokens"] for s in manifest["shards"])
   with np.load(tmp_path / "shard-00000.npz") as z:
     assert z["response_tokens"].dtype == np.uint16
-  # SFT trains on it through data.corpus, checked against the target it was made with.
-  sft = runpy.run_path(str(ROOT / "configs" / "sft.py"))["get_config"]("quick")
-  sft.data.update(corpus=str(tmp_path), corpus_examples=5)
+  # SFT reads it (data.corpus, validation.corpus), checked against the target it was made with.
   from draftopd_jax.jobs.sft import corpus_examples
-  assert [(list(e.prompt_ids), list(e.response_ids)) for e in corpus_examples(sft, smollm)] == \
-      examples[:5]
-  sft.data.corpus_examples = 7
+  read = corpus_examples(str(tmp_path), 5, smollm, "data.corpus_examples")
+  assert [(list(e.prompt_ids), list(e.response_ids)) for e in read] == examples[:5]
   with pytest.raises(UserError, match="fewer than data.corpus_examples=7"):
-    corpus_examples(sft, smollm)
+    corpus_examples(str(tmp_path), 7, smollm, "data.corpus_examples")
+  with pytest.raises(UserError, match="holds the train split; use a heldout corpus"):
+    corpus_examples(str(tmp_path), 0, smollm, "validation.examples", split="heldout")
 
 
 @pytest.mark.slow
-def test_the_committed_corpus_is_this_targets_and_never_holds_evaluation_data(smollm):
+@pytest.mark.parametrize("variant, at_least", [("train", 1024), ("heldout", 256)])
+def test_the_committed_corpora_are_this_targets_and_keep_to_their_split(smollm, variant, at_least):
+  """The train corpus never holds evaluation data; the held-out one (SFT's validation loss) holds
+  only the conversations every evaluation holds out."""
   from draftopd_jax.data import regeneration
 
-  config = runpy.run_path(str(ROOT / "configs" / "corpus.py"))["get_config"]("train")
+  config = runpy.run_path(str(ROOT / "configs" / "corpus.py"))["get_config"](variant)
   corpus = regeneration.load_corpus(ROOT / config.data.corpus, smollm)  # fingerprints match
   assert corpus.settings == regeneration.settings_of(config)
-  assert corpus.num_prompts_done >= 1024
+  assert corpus.num_prompts_done >= at_least
   for entry in corpus.shards:
     shard = corpus.read_shard(entry)  # checksums match
-    assert all(split_of(pid.rsplit("#", 1)[0], 0.02, 0.2) == "train" for pid in shard.prompt_ids)
+    assert all(split_of(pid.rsplit("#", 1)[0], 0.02, 0.2) == variant for pid in shard.prompt_ids)
     assert all(len(p) <= 256 for p in shard.prompts)
     assert all(1 <= len(r) <= 256 for r in shard.responses)

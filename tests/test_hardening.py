@@ -100,6 +100,8 @@ def test_drafter_settings_that_do_not_fit_the_target(smollm, changes, words):
     ("data__source", "empty.jsonl", ("holds no prompts",)),
     ("data__source", "malformed.jsonl", ("malformed.jsonl:2", "expected a JSON object")),
     ("drafter__draft_vocab_size", 60000, ("draft_vocab_size=60000 must be in [0, 49152]",)),
+    ("validation__corpus", "nowhere", ("no corpus in nowhere",)),
+    ("validation__examples", 1, ("validation.examples=1 is less than one batch",)),
 ])
 def test_bad_settings_stop_the_job_before_any_work(tmp_path, key, value, words):
   (tmp_path / "empty.jsonl").write_text("\n")
@@ -107,7 +109,9 @@ def test_bad_settings_stop_the_job_before_any_work(tmp_path, key, value, words):
   if key == "data__source":
     value = str(tmp_path / value)  # one of the two files above
   workdir = tmp_path / "work"
-  assert_refused("sft.py:quick", workdir, *words, **{key: value})
+  # With a validation set, which every case but its own passes.
+  held_out = str(ROOT / "corpora" / "smollm2-135m-instruct" / "heldout")
+  assert_refused("sft.py:quick", workdir, *words, **{"validation__corpus": held_out, key: value})
   assert not workdir.exists()
 
 

@@ -14,6 +14,7 @@ from draftopd_jax.models import ModelConfig, dflash, init_params, transformer
 from draftopd_jax.models.drafters import DFlashDrafter
 from draftopd_jax.parallel import sharding
 from draftopd_jax.sft import data, dflash_loss
+from draftopd_jax.sft.validation import Validation
 from draftopd_jax.training import loop, trainer
 
 CFG = ModelConfig(family="qwen3", vocab_size=53, hidden_size=32, num_layers=4, num_heads=4,
@@ -69,20 +70,29 @@ def test_a_resumed_run_keeps_the_settings_it_started_with(tmp_path):
 
   config = ml_collections.ConfigDict({
       "train": {"steps": 10, "learning_rate": 1e-3}, "data": {"feature_cache_dir": "a"},
-      "heldout": {"num_prompts": 8}, "mesh": {"data": -1}, "drafter": {"layer_ids": (1, 2)}})
+      "heldout": {"num_prompts": 8}, "mesh": {"data": -1}, "drafter": {"layer_ids": (1, 2)},
+      "warmup": {"train": {"steps": 5}, "heldout": {"num_prompts": 8}}})
   loop.record_config(config, tmp_path, resuming=False)
-  # Longer, with its cache moved, fewer held-out prompts and another mesh: the same run.
+  # Longer, with its cache moved, fewer held-out prompts, another mesh and a validation set (here
+  # or in its warm-up job's config): the same run.
   config.train.steps, config.data.feature_cache_dir = 20, "b"
   config.heldout.num_prompts, config.mesh.data = 4, 2
+  config.warmup.heldout.num_prompts, config.warmup.train.steps = 4, 6
+  config.validation = {"corpus": "c"}
   loop.record_config(config, tmp_path, resuming=True)
   config.train.learning_rate, config.drafter.layer_ids = 3e-3, (1, 3)
   with pytest.raises(UserError, match=r"other settings \(drafter.layer_ids \[1, 2\] -> \[1, 3\]; "
                                       r"train.learning_rate 0.001 -> 0.003\): resume it with"):
     loop.record_config(config, tmp_path, resuming=True)
+  config.train.learning_rate, config.drafter.layer_ids = 1e-3, (1, 2)
+  config.warmup.train.learning_rate = 1.0
+  with pytest.raises(UserError, match=r"\(warmup.train.learning_rate None -> 1.0\)"):
+    loop.record_config(config, tmp_path, resuming=True)
   saved = json.loads((tmp_path / "run_config.json").read_text())
   assert saved["train"] == {"steps": 20, "learning_rate": 1e-3}  # the refused run left it
   loop.record_config(config, tmp_path, resuming=False)  # no checkpoint yet: a new start
-  assert json.loads((tmp_path / "run_config.json").read_text())["drafter"]["layer_ids"] == [1, 3]
+  assert json.loads((tmp_path / "run_config.json").read_text())["warmup"]["train"] == {
+      "steps": 6, "learning_rate": 1.0}
 
 
 def test_batches_mask_response_tokens_only():
@@ -119,6 +129,10 @@ def test_dflash_sft_lowers_loss_and_raises_heldout_tau(tmp_path):
   tau = lambda params: np.mean(heldout_taus(CFG, PARAMS, DFlashDrafter(cfg), params,
                                                    *heldout_prompts, max_new_tokens=24, eos_ids=()))
   tau_before = tau(state.params)
+  loss = dflash_loss.batch_loss(cfg=cfg, target_cfg=CFG, num_anchors=8, gamma=0.0, distill=False)
+  validation = Validation(loss, heldout, seq_len=40, batch_size=6, pad_id=0)  # 2 whole batches
+  before = validation(state.params, target)
+  assert validation(state.params, target) == before  # the same anchors every time
   losses = []
   for step in range(200):
     tokens, mask = data.to_batch([train[(step * 16 + i) % 64] for i in range(16)], 40, 0)
@@ -126,6 +140,11 @@ def test_dflash_sft_lowers_loss_and_raises_heldout_tau(tmp_path):
     losses.append(float(m["loss"]))
   assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:5])
   assert tau(state.params) > tau_before + 0.08
+  after = validation(state.params, target)
+  assert after["validation_loss"] < 0.8 * before["validation_loss"]
+  assert len(after["validation_accuracy_by_slot"]) == 3
+  assert all(a > b + 0.08 for a, b in zip(after["validation_accuracy_by_slot"],
+                                          before["validation_accuracy_by_slot"]))
 
 
 def test_distillation_loss_is_soft_cross_entropy_to_the_target():

@@ -29,6 +29,7 @@ from draftopd_jax.models.drafters import DFlashDrafter, Eagle3Drafter
 from draftopd_jax.parallel import distributed, sharding
 from draftopd_jax.sampling import SamplingConfig
 from draftopd_jax.sft import data, dflash_loss, eagle3_loss, feature_cache
+from draftopd_jax.sft.validation import Validation
 from draftopd_jax.training import flops, loop, trainer
 
 
@@ -63,16 +64,20 @@ def regenerated_examples(config, model: LoadedModel, prompts: list[list[int]],
                          writer=jax.process_index() == 0, after_reading=distributed.barrier)
 
 
-def corpus_examples(config, model: LoadedModel) -> list[data.Example]:
-  """The first `data.corpus_examples` examples (0 = all) of the corpus in `data.corpus`."""
-  d = config.data
-  corpus = regeneration.load_corpus(d.corpus, model)
-  pairs = corpus.examples(d.corpus_examples or None)
+def corpus_examples(root: str, limit: int, model: LoadedModel, limit_key: str,
+                    split: str | None = None) -> list[data.Example]:
+  """The first `limit` examples (0 = all) of the corpus in `root`, of `split` if given;
+  `limit_key` names the config key of `limit`, for the errors."""
+  corpus = regeneration.load_corpus(root, model)
+  if split and corpus.settings.split != split:
+    raise UserError(f"the corpus in {root} holds the {corpus.settings.split} split; use a "
+                    f"{split} corpus (configs/corpus.py:{split})")
+  pairs = corpus.examples(limit or None)
   if not pairs:
-    raise UserError(f"the corpus in {d.corpus} holds no examples yet; run configs/corpus.py")
-  if d.corpus_examples and len(pairs) < d.corpus_examples:
-    raise UserError(f"the corpus in {d.corpus} holds {len(pairs)} examples, fewer than "
-                    f"data.corpus_examples={d.corpus_examples}; extend it with configs/corpus.py")
+    raise UserError(f"the corpus in {root} holds no examples yet; run configs/corpus.py")
+  if limit and len(pairs) < limit:
+    raise UserError(f"the corpus in {root} holds {len(pairs)} examples, fewer than "
+                    f"{limit_key}={limit}; extend it with configs/corpus.py")
   return [data.Example(tuple(p), tuple(r)) for p, r in pairs]
 
 
@@ -116,19 +121,30 @@ def new_sft_drafter(config, model: LoadedModel, examples: list[data.Example]):
       for e in examples))
 
 
-def training_step(config, drafter, params, target_cfg, optimizer):
-  """(trainable params, step function, full drafter params of a state's trainable params) for
-  the drafter's kind."""
+def training_loss(config, drafter, params, target_cfg):
+  """(trainable params, batch loss, full drafter params of a state's trainable params) for the
+  drafter's kind."""
   t = config.train
   if isinstance(drafter, DFlashDrafter):
-    step = dflash_loss.step_fn(cfg=drafter.cfg, target_cfg=target_cfg, optimizer=optimizer,
-                                  num_anchors=t.num_anchors, gamma=t.gamma,
-                                  distill=t.loss == "kl")
-    return params, step, lambda trainable: trainable
+    loss = dflash_loss.batch_loss(cfg=drafter.cfg, target_cfg=target_cfg,
+                                  num_anchors=t.num_anchors, gamma=t.gamma, distill=t.loss == "kl")
+    return params, loss, lambda trainable: trainable
   d2t = params["d2t"]
-  step = eagle3_loss.step_fn(d2t_Vd=d2t, cfg=drafter.cfg, target_cfg=target_cfg,
-                                optimizer=optimizer, ttt_steps=t.ttt_steps, ttt_decay=t.ttt_decay)
-  return params["model"], step, lambda trainable: {"model": trainable, "d2t": d2t}
+  loss = eagle3_loss.batch_loss(d2t_Vd=d2t, cfg=drafter.cfg, target_cfg=target_cfg,
+                                ttt_steps=t.ttt_steps, ttt_decay=t.ttt_decay)
+  return params["model"], loss, lambda trainable: {"model": trainable, "d2t": d2t}
+
+
+def validation_examples(config, model: LoadedModel) -> list[data.Example] | None:
+  """The first `validation.examples` examples of the held-out corpus `validation.corpus`, or None
+  when it is empty."""
+  v = config.validation
+  if not v.corpus:
+    return None
+  if v.examples < config.train.batch_size:
+    raise UserError(f"validation.examples={v.examples} is less than one batch "
+                    f"(train.batch_size={config.train.batch_size}); raise it")
+  return corpus_examples(v.corpus, v.examples, model, "validation.examples", "heldout")
 
 
 def check_training_settings(config) -> None:
@@ -156,7 +172,9 @@ def training_examples(config, model: LoadedModel, out: pathlib.Path) -> list[dat
   the workdir once). Bad settings fail before the workdir is made."""
   if not config.drafter.init_from:
     drafter_config(config.drafter, model.cfg)  # a bad drafter setting fails before the data
-  examples = corpus_examples(config, model) if config.data.corpus else None
+  d = config.data
+  examples = (corpus_examples(d.corpus, d.corpus_examples, model, "data.corpus_examples")
+              if d.corpus else None)
   prompt_ids = None if examples else training_prompts(config, model)
   out.mkdir(parents=True, exist_ok=True)
   return examples or regenerated_examples(config, model, prompt_ids, out)
@@ -199,8 +217,10 @@ def run_sft(config, workdir: str | None) -> dict:
   mesh = trainer.training_mesh(config.mesh, config.sharding_rules, t.batch_size)
   model = load_model(config.model, dtype=config.dtype)
   check_step_memory(config, model.cfg.vocab_size)
-  # Loaded before the data, so a wrong init_from fails in seconds rather than after regeneration.
+  # Read before the training data, so a wrong init_from or validation set fails in seconds
+  # rather than after regeneration.
   init = load_init_drafter(config, model) if config.drafter.init_from else None
+  held_out_examples = validation_examples(config, model)
   examples = training_examples(config, model, out)
   drafter, params = init or new_sft_drafter(config, model, examples)
   features = target_features(config, model, drafter, examples) if d.feature_cache else None
@@ -208,7 +228,10 @@ def run_sft(config, workdir: str | None) -> dict:
                        config.heldout.max_new_tokens, d.heldout_fraction)
 
   optimizer = loop.make_optimizer(t)
-  trainable, step_fn, full_params = training_step(config, drafter, params, model.cfg, optimizer)
+  trainable, loss, full_params = training_loss(config, drafter, params, model.cfg)
+  step_fn = trainer.step_fn(trainer.loss_gradients(loss), optimizer)
+  validation = held_out_examples and Validation(loss, held_out_examples, d.seq_len, t.batch_size,
+                                                model.tokenizer.pad_id)
   run = loop.Run.start(config, out, mesh, step_fn, optimizer, trainable, model.params,
                        batch_inputs=2 if features is None else 3)
   step_flops = training_flops(config, drafter, model.cfg, cached_features=features is not None)
@@ -223,6 +246,10 @@ def run_sft(config, workdir: str | None) -> dict:
   best = BestDrafter(out, drafter, model)
 
   def evaluate(step: int, used_flops: float) -> float:
+    if validation:
+      scores = validation(run.state.params, run.target_params)
+      run.writer.write(step, {**scores, "train_flops": used_flops})
+      tqdm.write(f"step {step}: " + ", ".join(f"{k} {v}" for k, v in scores.items()))
     if not config.heldout.datasets:  # held-out evaluation switched off
       return float("nan")
     taus = heldout(drafter, full_params(run.state.params), run.target_params)

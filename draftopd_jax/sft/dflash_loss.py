@@ -104,13 +104,20 @@ def loss_fn(drafter_params: dict, cfg: dflash.DFlashConfig, target_cfg: ModelCon
                 "tokens": jnp.sum(valid_BxNxK1)}
 
 
-def step_fn(*, cfg: dflash.DFlashConfig, target_cfg: ModelConfig, optimizer: optax.GradientTransformation,
-            num_anchors: int, gamma: float, distill: bool) -> trainer.StepFn:
-  """(state, target_params, tokens_BxT, loss_mask_BxT[, features_BxTxFxD]) -> (state, metrics)."""
+def batch_loss(*, cfg: dflash.DFlashConfig, target_cfg: ModelConfig, num_anchors: int,
+               gamma: float, distill: bool) -> trainer.LossFn:
+  """(params, key, target_params, tokens_BxT, loss_mask_BxT[, features_BxTxFxD]) ->
+  (loss, metrics)."""
 
   def loss(params, key, target_params, tokens_BxT, loss_mask_BxT, features_BxTxFxD=None):
     return loss_fn(params, cfg, target_cfg, target_params, tokens_BxT, loss_mask_BxT, key,
                    num_anchors=num_anchors, gamma=gamma, distill=distill,
                    features_BxTxFxD=features_BxTxFxD)
 
-  return trainer.step_fn(trainer.loss_gradients(loss), optimizer)
+  return loss
+
+
+def step_fn(*, optimizer: optax.GradientTransformation, **loss_settings) -> trainer.StepFn:
+  """(state, target_params, tokens_BxT, loss_mask_BxT[, features_BxTxFxD]) -> (state, metrics);
+  `loss_settings` are `batch_loss`'s."""
+  return trainer.step_fn(trainer.loss_gradients(batch_loss(**loss_settings)), optimizer)

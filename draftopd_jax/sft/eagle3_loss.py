@@ -43,15 +43,20 @@ def loss_fn(drafter_params: dict, cfg: eagle3.Eagle3Config, target_cfg: ModelCon
   return loss, {"loss": loss, "loss_by_step": jnp.stack(step_losses)}
 
 
-def step_fn(*, d2t_Vd: jax.Array, cfg: eagle3.Eagle3Config, target_cfg: ModelConfig,
-            optimizer: optax.GradientTransformation, ttt_steps: int, ttt_decay: float
-            ) -> trainer.StepFn:
-  """(state, target_params, tokens_BxT, loss_mask_BxT) -> (state, metrics); `state.params` holds
-  the trainable weights ("model"), `d2t_Vd` stays fixed."""
+def batch_loss(*, d2t_Vd: jax.Array, cfg: eagle3.Eagle3Config, target_cfg: ModelConfig,
+               ttt_steps: int, ttt_decay: float) -> trainer.LossFn:
+  """(model_params, key, target_params, tokens_BxT, loss_mask_BxT) -> (loss, metrics); the
+  trainable weights are the drafter's "model", `d2t_Vd` stays fixed."""
 
   def loss(model_params, key, target_params, tokens_BxT, loss_mask_BxT):
     del key  # the EAGLE-3 loss draws nothing at random
     return loss_fn({"model": model_params, "d2t": d2t_Vd}, cfg, target_cfg, target_params,
                    tokens_BxT, loss_mask_BxT, steps=ttt_steps, decay=ttt_decay)
 
-  return trainer.step_fn(trainer.loss_gradients(loss), optimizer)
+  return loss
+
+
+def step_fn(*, optimizer: optax.GradientTransformation, **loss_settings) -> trainer.StepFn:
+  """(state, target_params, tokens_BxT, loss_mask_BxT) -> (state, metrics); `loss_settings` are
+  `batch_loss`'s."""
+  return trainer.step_fn(trainer.loss_gradients(batch_loss(**loss_settings)), optimizer)

@@ -43,12 +43,18 @@ def stream_indices(seed: int, size: int, position: int, count: int, rows: slice)
   return [order(p // size)[p % size] for p in range(position, position + count)][rows]
 
 
-# The settings that decide what a run trains and how (top-level config keys). A run resuming
-# from a checkpoint must keep them, so that one workdir never holds a run trained two ways; it
-# may run longer, move its feature cache, and change its mesh, held-out sets and logging.
+# The settings that decide what a run trains and how (top-level config keys; those of an OPD
+# run's SFT warm-up, under "warmup.", count as that job's own). A run resuming from a checkpoint
+# must keep them, so that one workdir never holds a run trained two ways; it may run longer, move
+# its feature cache, and change its mesh, held-out sets, validation and logging.
 TRAINING_SETTINGS = ("mode", "model", "dtype", "init_from", "drafter", "data", "train", "loss",
-                     "rollout", "warmup")
+                     "rollout")
 MAY_CHANGE_ON_RESUME = ("train.steps", "train.flops_budget", "data.feature_cache_dir")
+
+
+def _decides_training(key: str) -> bool:
+  key = key.removeprefix("warmup.")
+  return key.split(".")[0] in TRAINING_SETTINGS and key not in MAY_CHANGE_ON_RESUME
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -70,8 +76,7 @@ def record_config(config, out: pathlib.Path, resuming: bool) -> None:
   if resuming and file.is_file():
     saved, now = _flat(json.loads(file.read_text())), _flat(current)
     changed = sorted(k for k in saved.keys() | now.keys()
-                     if saved.get(k) != now.get(k) and k.split(".")[0] in TRAINING_SETTINGS
-                     and k not in MAY_CHANGE_ON_RESUME)
+                     if saved.get(k) != now.get(k) and _decides_training(k))
     if changed:
       shown = "; ".join(f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:3])
       raise UserError(f"{out} holds a run with other settings ({shown}"

@@ -30,6 +30,8 @@ class TrainState:
 # (state, target_params, *batch) -> (state, metrics); the batch arrays are the SFT step's tokens,
 # loss mask[, cached features], the Draft-OPD step's prompts and prompt mask.
 StepFn = Callable[..., tuple[TrainState, dict]]
+# (params, key, target_params, *batch) -> (loss, metrics)
+LossFn = Callable[..., tuple[jax.Array, dict]]
 # (params, key, target_params, *batch) -> (gradients of params, metrics)
 GradFn = Callable[..., tuple[dict, dict]]
 
@@ -77,7 +79,7 @@ def step_fn(grad_fn: GradFn, optimizer: optax.GradientTransformation) -> StepFn:
   return functools.partial(train_step, grad_fn=grad_fn, optimizer=optimizer)
 
 
-def loss_gradients(loss_fn: Callable[..., tuple[jax.Array, dict]]) -> GradFn:
+def loss_gradients(loss_fn: LossFn) -> GradFn:
   """The `grad_fn` of a `loss_fn(params, key, target_params, *batch) -> (loss, metrics)`."""
 
   def grad_fn(params, key, target_params, *batch):

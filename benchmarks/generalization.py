@@ -1,0 +1,86 @@
+"""Is SFT limited by its data? Drafters' teacher-forced accuracy on examples they trained on
+against held-out ones.
+
+For each drafter: the DFlash corpus recipe's loss (`configs/sft.py:corpus`: CE, 96 random anchors
+per 512-token sequence, slot weights exp(-(k-1)/4), one fixed key) and accuracy per slot on
+  * `seen`: the first --examples examples of the training stream (`loop.stream_indices`, seed 0),
+    which every drafter shipped from that run trained on in its first steps;
+  * `heldout`: the first --examples examples of the held-out corpus (`configs/corpus.py:heldout`).
+A gap between the two is memorization: more passes over the same data would not raise tau.
+
+  python benchmarks/generalization.py smollm2-135m-instruct-dflash [DRAFTER ...] \
+      [--revisions REV ...] [--examples 64]
+
+DRAFTER: a checkpoint directory or zoo name; --revisions: git revisions whose shipped drafter
+(`draftopd_jax/drafters/smollm2-135m-instruct-dflash`) is read with `git show`. The last line
+printed is JSON.
+"""
+
+import argparse
+import json
+import pathlib
+import subprocess
+import tempfile
+
+import numpy as np
+
+from draftopd_jax.data import regeneration
+from draftopd_jax.io import load_model
+from draftopd_jax.io.drafter_checkpoint import load_drafter
+from draftopd_jax.sft import data, dflash_loss
+from draftopd_jax.sft.validation import Validation
+from draftopd_jax.training import loop
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CORPORA = REPO / "corpora" / "smollm2-135m-instruct"
+SHIPPED = "draftopd_jax/drafters/smollm2-135m-instruct-dflash"
+SEQ_LEN, BATCH, ANCHORS, GAMMA = 512, 8, 96, 4.0  # configs/sft.py:corpus as the drafters ran it
+
+
+def drafter_at(revision: str, into: pathlib.Path) -> pathlib.Path:
+  """The shipped drafter as of a git revision, copied into `into`/REVISION."""
+  folder = into / revision
+  folder.mkdir()
+  for name in ("drafter.json", "params.safetensors"):
+    blob = subprocess.run(["git", "show", f"{revision}:{SHIPPED}/{name}"], cwd=REPO, check=True,
+                          capture_output=True).stdout
+    (folder / name).write_bytes(blob)
+  return folder
+
+
+def corpus_examples(name: str, model) -> list[data.Example]:
+  return [data.Example(tuple(p), tuple(r))
+          for p, r in regeneration.load_corpus(CORPORA / name, model).examples()]
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("drafters", nargs="*")
+  parser.add_argument("--revisions", nargs="*", default=[])
+  parser.add_argument("--examples", type=int, default=64)
+  args = parser.parse_args()
+  model = load_model("smollm2-135m-instruct")
+  train = corpus_examples("train", model)
+  seen = [train[i] for i in loop.stream_indices(0, len(train), 0, args.examples, slice(None))]
+  sets = {"seen": seen, "heldout": corpus_examples("heldout", model)[:args.examples]}
+  results = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    drafters = args.drafters + [str(drafter_at(r, pathlib.Path(tmp))) for r in args.revisions]
+    names = args.drafters + args.revisions
+    for name, path in zip(names, drafters):
+      drafter, params = load_drafter(path, model.cfg, model.tokenizer)
+      loss = dflash_loss.batch_loss(cfg=drafter.cfg, target_cfg=model.cfg, num_anchors=ANCHORS,
+                                    gamma=GAMMA, distill=False)
+      results[name] = {}
+      for split, examples in sets.items():
+        scores = Validation(loss, examples, SEQ_LEN, BATCH, model.tokenizer.pad_id)(
+            params, model.params)
+        results[name][split] = scores
+        print(f"{name} {split}: loss {scores['validation_loss']:.3f}, accuracy by slot "
+              f"{np.round(scores['validation_accuracy_by_slot'], 3).tolist()}", flush=True)
+  print(json.dumps({"examples": args.examples, "seq_len": SEQ_LEN, "num_anchors": ANCHORS,
+                    "drafters": results}))
+
+
+if __name__ == "__main__":
+  main()
