@@ -3,13 +3,15 @@ against held-out ones.
 
 For each drafter: the DFlash corpus recipe's loss (`configs/sft.py:corpus`: CE, 96 random anchors
 per 512-token sequence, slot weights exp(-(k-1)/4), one fixed key) and accuracy per slot on
-  * `seen`: the first --examples examples of the training stream (`loop.stream_indices`, seed 0),
-    which every drafter shipped from that run trained on in its first steps;
+  * `stream@P` for each P of --positions: the --examples training examples at positions P, P + 1,
+    ... of the training stream (`loop.stream_indices`, seed 0, the shipped run's), which a drafter
+    trained on if its run got past them (8 examples per step);
   * `heldout`: the first --examples examples of the held-out corpus (`configs/corpus.py:heldout`).
-A gap between the two is memorization: more passes over the same data would not raise tau.
+Between a drafter that has seen a stream slice and one that has not yet, the accuracy gained on
+that slice beyond the held-out gain is memorization.
 
   python benchmarks/generalization.py smollm2-135m-instruct-dflash [DRAFTER ...] \
-      [--revisions REV ...] [--examples 64]
+      [--revisions REV ...] [--positions 0 10688] [--examples 64]
 
 DRAFTER: a checkpoint directory or zoo name; --revisions: git revisions whose shipped drafter
 (`draftopd_jax/drafters/smollm2-135m-instruct-dflash`) is read with `git show`. The last line
@@ -57,12 +59,15 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("drafters", nargs="*")
   parser.add_argument("--revisions", nargs="*", default=[])
+  parser.add_argument("--positions", type=int, nargs="*", default=[0, 10688])
   parser.add_argument("--examples", type=int, default=64)
   args = parser.parse_args()
   model = load_model("smollm2-135m-instruct")
   train = corpus_examples("train", model)
-  seen = [train[i] for i in loop.stream_indices(0, len(train), 0, args.examples, slice(None))]
-  sets = {"seen": seen, "heldout": corpus_examples("heldout", model)[:args.examples]}
+  sets = {f"stream@{p}": [train[i] for i in loop.stream_indices(0, len(train), p, args.examples,
+                                                                 slice(None))]
+          for p in args.positions}
+  sets["heldout"] = corpus_examples("heldout", model)[:args.examples]
   results = {}
   with tempfile.TemporaryDirectory() as tmp:
     drafters = args.drafters + [str(drafter_at(r, pathlib.Path(tmp))) for r in args.revisions]
@@ -78,8 +83,8 @@ def main() -> None:
         results[name][split] = scores
         print(f"{name} {split}: loss {scores['validation_loss']:.3f}, accuracy by slot "
               f"{np.round(scores['validation_accuracy_by_slot'], 3).tolist()}", flush=True)
-  print(json.dumps({"examples": args.examples, "seq_len": SEQ_LEN, "num_anchors": ANCHORS,
-                    "drafters": results}))
+  print(json.dumps({"examples": args.examples, "positions": args.positions, "seq_len": SEQ_LEN,
+                    "num_anchors": ANCHORS, "drafters": results}))
 
 
 if __name__ == "__main__":

@@ -208,6 +208,23 @@ class BestDrafter:
       (self.out / "best.json").write_text(json.dumps({"step": step, "heldout_tau": tau}))
 
 
+def evaluation(run: loop.Run, step: int, used_flops: float, validation: Validation | None,
+               heldout: HeldoutTau | None, best: BestDrafter, full_params) -> float:
+  """Writes the validation metrics and held-out tau of the run's drafter (either may be off),
+  offers it as the best drafter, and returns its held-out tau (NaN when off)."""
+  if validation:
+    scores = validation(run.state.params, run.target_params)
+    run.writer.write(step, {**scores, "train_flops": used_flops})
+    tqdm.write(f"step {step}: " + ", ".join(f"{k} {v}" for k, v in scores.items()))
+  if not heldout:
+    return float("nan")
+  taus = heldout(best.drafter, full_params(run.state.params), run.target_params)
+  run.writer.write(step, {**taus, "train_flops": used_flops})
+  tqdm.write(f"step {step}: held-out tau " + format_taus(taus))
+  best.offer(step, taus["heldout_tau"], full_params(run.state.params))
+  return taus["heldout_tau"]
+
+
 def run_sft(config, workdir: str | None) -> dict:
   if not workdir:
     raise UserError("sft writes checkpoints and metrics: pass --workdir=DIR")
@@ -224,8 +241,9 @@ def run_sft(config, workdir: str | None) -> dict:
   examples = training_examples(config, model, out)
   drafter, params = init or new_sft_drafter(config, model, examples)
   features = target_features(config, model, drafter, examples) if d.feature_cache else None
-  heldout = HeldoutTau(model, tuple(config.heldout.datasets), config.heldout.num_prompts,
-                       config.heldout.max_new_tokens, d.heldout_fraction)
+  heldout = config.heldout.datasets and HeldoutTau(
+      model, tuple(config.heldout.datasets), config.heldout.num_prompts,
+      config.heldout.max_new_tokens, d.heldout_fraction)  # datasets=() switches it off
 
   optimizer = loop.make_optimizer(t)
   trainable, loss, full_params = training_loss(config, drafter, params, model.cfg)
@@ -244,20 +262,8 @@ def run_sft(config, workdir: str | None) -> dict:
     return arrays if features is None else (*arrays, features.batch(indices, d.seq_len))
 
   best = BestDrafter(out, drafter, model)
-
-  def evaluate(step: int, used_flops: float) -> float:
-    if validation:
-      scores = validation(run.state.params, run.target_params)
-      run.writer.write(step, {**scores, "train_flops": used_flops})
-      tqdm.write(f"step {step}: " + ", ".join(f"{k} {v}" for k, v in scores.items()))
-    if not config.heldout.datasets:  # held-out evaluation switched off
-      return float("nan")
-    taus = heldout(drafter, full_params(run.state.params), run.target_params)
-    run.writer.write(step, {**taus, "train_flops": used_flops})
-    tqdm.write(f"step {step}: held-out tau " + format_taus(taus))
-    best.offer(step, taus["heldout_tau"], full_params(run.state.params))
-    return taus["heldout_tau"]
-
+  evaluate = lambda step, used_flops: evaluation(run, step, used_flops, validation, heldout,
+                                                 best, full_params)
   hooks = loop.Hooks(
       batch=batch, flops=lambda metrics: step_flops, evaluate=evaluate,
       record=lambda m: {"loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]),
