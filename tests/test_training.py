@@ -240,3 +240,14 @@ def test_lm_head_over_part_of_the_vocabulary_is_a_slice_of_the_whole():
     head = transformer.bind(cfg, init_params(cfg, seed=1))
     np.testing.assert_allclose(head.lm_head_logits(x, ids), head.lm_head_logits(x)[..., ids],
                                rtol=1e-5, atol=1e-5)
+
+
+def test_training_curves_draw_the_validation_loss_beside_the_training_loss(tmp_path):
+  from draftopd_jax.training import plots
+
+  records = [{"step": s, "loss": 5.0 - s / 10} for s in range(1, 11)]
+  records += [{"step": s, "heldout_tau": 1.0 + s / 100, "train_flops": s * 1e12,
+               "validation_loss": 5.2 - s / 20} for s in (0, 5, 10)]
+  out = tmp_path / "curves.png"
+  plots.training_curves({"run": records}, out)
+  assert out.read_bytes().startswith(b"\x89PNG")

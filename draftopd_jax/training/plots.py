@@ -37,13 +37,18 @@ def tau_vs_flops(runs: dict[str, list[dict]], ax) -> None:
 
 
 def training_curves(runs: dict[str, list[dict]], out: pathlib.Path) -> None:
-  """tau vs FLOPs and loss vs step for each run."""
+  """tau vs FLOPs and loss vs step for each run (with its validation loss, dashed, if logged)."""
   fig, (tau_ax, loss_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
   tau_vs_flops(runs, tau_ax)
   for label, records in runs.items():
     losses = sorted((r["step"], r["loss"]) for r in records if "loss" in r)
-    loss_ax.plot([s for s, _ in losses], [v for _, v in losses], label=label)
-  loss_ax.set(xlabel="step", ylabel="training loss", title="Loss", yscale="log")
+    line, = loss_ax.plot([s for s, _ in losses], [v for _, v in losses], label=label)
+    held_out = sorted((r["step"], r["validation_loss"]) for r in records
+                      if "validation_loss" in r)
+    if held_out:
+      loss_ax.plot([s for s, _ in held_out], [v for _, v in held_out], ls="--", marker="o",
+                   color=line.get_color(), label=f"{label} (validation)")
+  loss_ax.set(xlabel="step", ylabel="loss", title="Loss", yscale="log")
   loss_ax.grid(alpha=0.3)
   loss_ax.legend(fontsize=8)
   fig.tight_layout()
