@@ -71,7 +71,7 @@ def test_a_resumed_run_keeps_the_settings_it_started_with(tmp_path):
   config = ml_collections.ConfigDict({
       "train": {"steps": 10, "learning_rate": 1e-3}, "data": {"feature_cache_dir": "a"},
       "heldout": {"num_prompts": 8}, "mesh": {"data": -1}, "drafter": {"layer_ids": (1, 2)},
-      "warmup": {"train": {"steps": 5}, "heldout": {"num_prompts": 8}}})
+      "warmup": {"train": {"steps": 5, "learning_rate": 0.5}, "heldout": {"num_prompts": 8}}})
   loop.record_config(config, tmp_path, resuming=False)
   # Longer, with its cache moved, fewer held-out prompts, another mesh and a validation set (here
   # or in its warm-up job's config): the same run.
@@ -86,13 +86,19 @@ def test_a_resumed_run_keeps_the_settings_it_started_with(tmp_path):
     loop.record_config(config, tmp_path, resuming=True)
   config.train.learning_rate, config.drafter.layer_ids = 1e-3, (1, 2)
   config.warmup.train.learning_rate = 1.0
-  with pytest.raises(UserError, match=r"\(warmup.train.learning_rate None -> 1.0\)"):
+  with pytest.raises(UserError, match=r"\(warmup.train.learning_rate 0.5 -> 1.0\)"):
     loop.record_config(config, tmp_path, resuming=True)
   saved = json.loads((tmp_path / "run_config.json").read_text())
   assert saved["train"] == {"steps": 20, "learning_rate": 1e-3}  # the refused run left it
   loop.record_config(config, tmp_path, resuming=False)  # no checkpoint yet: a new start
   assert json.loads((tmp_path / "run_config.json").read_text())["warmup"]["train"] == {
       "steps": 6, "learning_rate": 1.0}
+  # The stream's size: a corpus grown under a resumed run would reorder its data. A run recorded
+  # without one (from before it was kept) resumes.
+  loop.record_config(config, tmp_path, resuming=True, stream_size=100)
+  loop.record_config(config, tmp_path, resuming=False, stream_size=100)
+  with pytest.raises(UserError, match=r"\(stream_size 100 -> 120\)"):
+    loop.record_config(config, tmp_path, resuming=True, stream_size=120)
 
 
 def test_batches_mask_response_tokens_only():

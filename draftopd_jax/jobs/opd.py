@@ -139,7 +139,8 @@ def run_opd(config, workdir: str | None) -> dict:
   step_fn = update_step.opd_step_fn(drafter=drafter, target_cfg=model.cfg, optimizer=optimizer,
                                     rollout=rollout_options, loss=loss_options, d2t_Vd=d2t)
   run = loop.Run.start(config, out, mesh, step_fn, optimizer,
-                       start_params["model"] if eagle else start_params, model.params)
+                       start_params["model"] if eagle else start_params, model.params,
+                       stream_size=len(pool))
   width = config.data.max_prompt_tokens
   rows = sharding.process_rows(mesh, config.sharding_rules, batch)  # this process's prompts
 

@@ -251,7 +251,7 @@ def run_sft(config, workdir: str | None) -> dict:
   validation = held_out_examples and Validation(loss, held_out_examples, d.seq_len, t.batch_size,
                                                 model.tokenizer.pad_id)
   run = loop.Run.start(config, out, mesh, step_fn, optimizer, trainable, model.params,
-                       batch_inputs=2 if features is None else 3)
+                       batch_inputs=2 if features is None else 3, stream_size=len(examples))
   step_flops = training_flops(config, drafter, model.cfg, cached_features=features is not None)
   flops_per_step = sum(step_flops.values())
   rows = sharding.process_rows(mesh, config.sharding_rules, t.batch_size)

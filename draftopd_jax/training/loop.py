@@ -48,7 +48,7 @@ def stream_indices(seed: int, size: int, position: int, count: int, rows: slice)
 # must keep them, so that one workdir never holds a run trained two ways; it may run longer, move
 # its feature cache, and change its mesh, held-out sets, validation and logging.
 TRAINING_SETTINGS = ("mode", "model", "dtype", "init_from", "drafter", "data", "train", "loss",
-                     "rollout")
+                     "rollout", "stream_size")
 MAY_CHANGE_ON_RESUME = ("train.steps", "train.flops_budget", "data.feature_cache_dir")
 
 
@@ -68,15 +68,20 @@ def _flat(tree: dict, prefix: str = "") -> dict:
   return flat
 
 
-def record_config(config, out: pathlib.Path, resuming: bool) -> None:
-  """Keeps the run's config in WORKDIR/run_config.json; a run resuming from a checkpoint must
-  have the same TRAINING_SETTINGS, but for MAY_CHANGE_ON_RESUME."""
+def record_config(config, out: pathlib.Path, resuming: bool, stream_size: int | None = None
+                  ) -> None:
+  """Keeps the run's config, and the number of items its data stream permutes, in
+  WORKDIR/run_config.json; a run resuming from a checkpoint must have the same TRAINING_SETTINGS
+  (but for MAY_CHANGE_ON_RESUME) and stream size (a grown corpus would reorder the stream). Keys
+  its file lacks (settings newer than the run) are not compared."""
   file = out / "run_config.json"
   current = json.loads(json.dumps(config.to_dict(), default=str))  # tuples as lists, as read
+  if stream_size is not None:
+    current["stream_size"] = stream_size
   if resuming and file.is_file():
     saved, now = _flat(json.loads(file.read_text())), _flat(current)
-    changed = sorted(k for k in saved.keys() | now.keys()
-                     if saved.get(k) != now.get(k) and _decides_training(k))
+    changed = sorted(k for k in saved
+                     if saved[k] != now.get(k) and _decides_training(k))
     if changed:
       shown = "; ".join(f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:3])
       raise UserError(f"{out} holds a run with other settings ({shown}"
@@ -117,13 +122,15 @@ class Run:
   @classmethod
   def start(cls, config, out: pathlib.Path, mesh: Mesh, step_fn: trainer.StepFn,
             optimizer: optax.GradientTransformation, params: dict, target_params: dict,
-            batch_inputs: int = 2) -> "Run":
-    """The state of `params` (or the latest checkpoint's) and the target, placed on `mesh`."""
+            batch_inputs: int = 2, stream_size: int | None = None) -> "Run":
+    """The state of `params` (or the latest checkpoint's) and the target, placed on `mesh`;
+    `stream_size`: the number of items the data stream permutes (`stream_indices`)."""
     train_step, state, target_params = trainer.shard_step(
         step_fn, mesh, trainer.init_state(params, optimizer, config.train.seed), target_params,
         config.sharding_rules, batch_inputs=batch_inputs)
     checkpointer = Checkpointer(out / "checkpoints", keep=config.keep_checkpoints)
-    record_config(config, out, resuming=checkpointer.latest_step() is not None)
+    record_config(config, out, resuming=checkpointer.latest_step() is not None,
+                  stream_size=stream_size)
     position = 0
     if checkpointer.latest_step() is not None:
       state, position = checkpointer.restore(state)
