@@ -11,11 +11,13 @@ Between a drafter that has seen a stream slice and one that has not yet, the acc
 that slice beyond the held-out gain is memorization.
 
   python benchmarks/generalization.py smollm2-135m-instruct-dflash [DRAFTER ...] \
-      [--revisions REV ...] [--positions 0 10688] [--examples 64]
+      [--revisions REV ...] [--positions 0 10688] [--examples 64] [--out PNG]
+  python benchmarks/generalization.py --replot RESULTS.json --out PNG
 
 DRAFTER: a checkpoint directory or zoo name; --revisions: git revisions whose shipped drafter
 (`draftopd_jax/drafters/smollm2-135m-instruct-dflash`) is read with `git show`. The last line
-printed is JSON.
+printed is JSON (the RESULTS that --replot draws again); --out plots loss and first-slot accuracy
+per drafter and set.
 """
 
 import argparse
@@ -24,7 +26,11 @@ import pathlib
 import subprocess
 import tempfile
 
+import matplotlib
 import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 
 from draftopd_jax.data import regeneration
 from draftopd_jax.io import load_model
@@ -55,13 +61,39 @@ def corpus_examples(name: str, model) -> list[data.Example]:
           for p, r in regeneration.load_corpus(CORPORA / name, model).examples()]
 
 
+def plot(results: dict, out: pathlib.Path) -> None:
+  drafters = list(results["drafters"])
+  sets = list(results["drafters"][drafters[0]])
+  fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+  x = np.arange(len(drafters))
+  for name in sets:
+    scores = [results["drafters"][d][name] for d in drafters]
+    loss_ax.plot(x, [s["validation_loss"] for s in scores], marker="o", label=name)
+    acc_ax.plot(x, [s["validation_accuracy_by_slot"][0] for s in scores], marker="o", label=name)
+  loss_ax.set(ylabel="loss (CE, slot-weighted)", title="Teacher-forced loss")
+  acc_ax.set(ylabel="accuracy of the first proposal", title="First-slot accuracy")
+  for ax in (loss_ax, acc_ax):
+    ax.set_xticks(x, drafters, rotation=30, fontsize=8)
+    ax.set_xlabel("drafter")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(out, dpi=120)
+  plt.close(fig)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("drafters", nargs="*")
   parser.add_argument("--revisions", nargs="*", default=[])
   parser.add_argument("--positions", type=int, nargs="*", default=[0, 10688])
   parser.add_argument("--examples", type=int, default=64)
+  parser.add_argument("--replot", type=pathlib.Path, help="a RESULTS.json to plot again")
+  parser.add_argument("--out", type=pathlib.Path, help="a PNG of the results")
   args = parser.parse_args()
+  if args.replot:
+    plot(json.loads(args.replot.read_text()), args.out)
+    return
   model = load_model("smollm2-135m-instruct")
   train = corpus_examples("train", model)
   sets = {f"stream@{p}": [train[i] for i in loop.stream_indices(0, len(train), p, args.examples,
@@ -83,8 +115,11 @@ def main() -> None:
         results[name][split] = scores
         print(f"{name} {split}: loss {scores['validation_loss']:.3f}, accuracy by slot "
               f"{np.round(scores['validation_accuracy_by_slot'], 3).tolist()}", flush=True)
-  print(json.dumps({"examples": args.examples, "positions": args.positions, "seq_len": SEQ_LEN,
-                    "num_anchors": ANCHORS, "drafters": results}))
+  summary = {"examples": args.examples, "positions": args.positions, "seq_len": SEQ_LEN,
+             "num_anchors": ANCHORS, "drafters": results}
+  if args.out:
+    plot(summary, args.out)
+  print(json.dumps(summary))
 
 
 if __name__ == "__main__":
