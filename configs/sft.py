@@ -91,8 +91,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # chat {"messages": [...]}, optional "id"), or "tfds:NAME[:SPLIT]" (pip install -e ".[tfds]")
       source="sharegpt",
       # A corpus folder (configs/corpus.py) to train on instead of regenerating `source`'s
-      # prompts here; corpus_examples = its first N examples (0 = all).
-      corpus="", corpus_examples=0,
+      # prompts here; corpus_examples = N of its examples (0 = all) after its first corpus_skip
+      # (to continue on examples an earlier run never saw).
+      corpus="", corpus_examples=0, corpus_skip=0,
       tfds_field="prompt", tfds_data_dir="",  # TFDS: the text feature; "" = TFDS's default dir
       skip=0,  # train-split prompts to skip before taking num_prompts
       num_prompts=1024,

@@ -112,6 +112,11 @@ def test_regeneration_fills_shards_and_resumes(smollm, tmp_path):
   assert [(list(e.prompt_ids), list(e.response_ids)) for e in read] == examples[:5]
   with pytest.raises(UserError, match="fewer than data.corpus_examples=7"):
     corpus_examples(str(tmp_path), 7, smollm, "data.corpus_examples")
+  later = corpus_examples(str(tmp_path), 0, smollm, "data.corpus_examples", skip=4)
+  assert [(list(e.prompt_ids), list(e.response_ids)) for e in later] == examples[4:]
+  with pytest.raises(UserError, match="holds 2 examples after the first 4, fewer than "
+                                      "data.corpus_examples=3"):
+    corpus_examples(str(tmp_path), 3, smollm, "data.corpus_examples", skip=4)
   with pytest.raises(UserError, match="holds the train split; use a heldout corpus"):
     corpus_examples(str(tmp_path), 0, smollm, "validation.examples", split="heldout")
 

@@ -65,18 +65,19 @@ def regenerated_examples(config, model: LoadedModel, prompts: list[list[int]],
 
 
 def corpus_examples(root: str, limit: int, model: LoadedModel, limit_key: str,
-                    split: str | None = None) -> list[data.Example]:
-  """The first `limit` examples (0 = all) of the corpus in `root`, of `split` if given;
-  `limit_key` names the config key of `limit`, for the errors."""
+                    split: str | None = None, skip: int = 0) -> list[data.Example]:
+  """`limit` examples (0 = all) of the corpus in `root` after its first `skip`, of `split` if
+  given; `limit_key` names the config key of `limit`, for the errors."""
   corpus = regeneration.load_corpus(root, model)
   if split and corpus.settings.split != split:
     raise UserError(f"the corpus in {root} holds the {corpus.settings.split} split; use a "
                     f"{split} corpus (configs/corpus.py:{split})")
-  pairs = corpus.examples(limit or None)
+  pairs = corpus.examples(skip + limit if limit else None)[skip:]
+  after = f" after the first {skip}" if skip else ""
   if not pairs:
-    raise UserError(f"the corpus in {root} holds no examples yet; run configs/corpus.py")
+    raise UserError(f"the corpus in {root} holds no examples{after} yet; run configs/corpus.py")
   if limit and len(pairs) < limit:
-    raise UserError(f"the corpus in {root} holds {len(pairs)} examples, fewer than "
+    raise UserError(f"the corpus in {root} holds {len(pairs)} examples{after}, fewer than "
                     f"{limit_key}={limit}; extend it with configs/corpus.py")
   return [data.Example(tuple(p), tuple(r)) for p, r in pairs]
 
@@ -173,8 +174,8 @@ def training_examples(config, model: LoadedModel, out: pathlib.Path) -> list[dat
   if not config.drafter.init_from:
     drafter_config(config.drafter, model.cfg)  # a bad drafter setting fails before the data
   d = config.data
-  examples = (corpus_examples(d.corpus, d.corpus_examples, model, "data.corpus_examples")
-              if d.corpus else None)
+  examples = (corpus_examples(d.corpus, d.corpus_examples, model, "data.corpus_examples",
+                              skip=d.corpus_skip) if d.corpus else None)
   prompt_ids = None if examples else training_prompts(config, model)
   out.mkdir(parents=True, exist_ok=True)
   return examples or regenerated_examples(config, model, prompt_ids, out)
