@@ -43,6 +43,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 CORPORA = REPO / "corpora" / "smollm2-135m-instruct"
 SHIPPED = "draftopd_jax/drafters/smollm2-135m-instruct-dflash"
 SEQ_LEN, BATCH, ANCHORS, GAMMA = 512, 8, 96, 4.0  # configs/sft.py:corpus as the drafters ran it
+STREAM_SIZE = 10_752  # the corpus examples the shipped run's stream permuted (the corpus grew later)
 
 
 def drafter_at(revision: str, into: pathlib.Path) -> pathlib.Path:
@@ -95,8 +96,8 @@ def main() -> None:
     plot(json.loads(args.replot.read_text()), args.out)
     return
   model = load_model("smollm2-135m-instruct")
-  train = corpus_examples("train", model)
-  sets = {f"stream@{p}": [train[i] for i in loop.stream_indices(0, len(train), p, args.examples,
+  train = corpus_examples("train", model)[:STREAM_SIZE]
+  sets = {f"stream@{p}": [train[i] for i in loop.stream_indices(0, STREAM_SIZE, p, args.examples,
                                                                  slice(None))]
           for p in args.positions}
   sets["heldout"] = corpus_examples("heldout", model)[:args.examples]
