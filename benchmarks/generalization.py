@@ -43,7 +43,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 CORPORA = REPO / "corpora" / "smollm2-135m-instruct"
 SHIPPED = "draftopd_jax/drafters/smollm2-135m-instruct-dflash"
 SEQ_LEN, BATCH, ANCHORS, GAMMA = 512, 8, 96, 4.0  # configs/sft.py:corpus as the drafters ran it
-STREAM_SIZE = 10_752  # the corpus examples the shipped run's stream permuted (the corpus grew later)
+STREAM_SIZE = 10_752  # examples the shipped run's stream permuted (the corpus grew later)
 
 
 def drafter_at(revision: str, into: pathlib.Path) -> pathlib.Path:
