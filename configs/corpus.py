@@ -9,7 +9,7 @@ about 18% faster than one device with every thread (docs/data.md):
     intra_op_parallelism_threads=1" python -m draftopd_jax.main --config=configs/corpus.py
 The slice reserved for later experiments (never used by the SFT of the shipped drafter):
   python -m draftopd_jax.main --config=configs/corpus.py:reserved
-Held-out answers for SFT's validation loss (`configs/sft.py`, `config.data.validation_corpus`;
+Held-out answers for SFT's validation loss (`configs/sft.py`, `config.validation.corpus`;
 the conversations every evaluation holds out, never trained on):
   python -m draftopd_jax.main --config=configs/corpus.py:heldout
 A small smoke run:
