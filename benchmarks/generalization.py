@@ -32,10 +32,10 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from draftopd_jax.data import regeneration
 from draftopd_jax.io import load_model
 from draftopd_jax.io.drafter_checkpoint import load_drafter
-from draftopd_jax.sft import data, dflash_loss
+from draftopd_jax.jobs.sft import corpus_examples
+from draftopd_jax.sft import dflash_loss
 from draftopd_jax.sft.validation import Validation
 from draftopd_jax.training import loop
 
@@ -55,11 +55,6 @@ def drafter_at(revision: str, into: pathlib.Path) -> pathlib.Path:
                           capture_output=True).stdout
     (folder / name).write_bytes(blob)
   return folder
-
-
-def corpus_examples(name: str, model) -> list[data.Example]:
-  return [data.Example(tuple(p), tuple(r))
-          for p, r in regeneration.load_corpus(CORPORA / name, model).examples()]
 
 
 def plot(results: dict, out: pathlib.Path) -> None:
@@ -96,11 +91,12 @@ def main() -> None:
     plot(json.loads(args.replot.read_text()), args.out)
     return
   model = load_model("smollm2-135m-instruct")
-  train = corpus_examples("train", model)[:STREAM_SIZE]
+  train = corpus_examples(str(CORPORA / "train"), STREAM_SIZE, model, "STREAM_SIZE")
   sets = {f"stream@{p}": [train[i] for i in loop.stream_indices(0, STREAM_SIZE, p, args.examples,
                                                                  slice(None))]
           for p in args.positions}
-  sets["heldout"] = corpus_examples("heldout", model)[:args.examples]
+  sets["heldout"] = corpus_examples(str(CORPORA / "heldout"), args.examples, model, "--examples",
+                                    split="heldout")
   results = {}
   with tempfile.TemporaryDirectory() as tmp:
     drafters = args.drafters + [str(drafter_at(r, pathlib.Path(tmp))) for r in args.revisions]

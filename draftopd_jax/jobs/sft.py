@@ -242,15 +242,15 @@ def run_sft(config, workdir: str | None) -> dict:
   examples = training_examples(config, model, out)
   drafter, params = init or new_sft_drafter(config, model, examples)
   features = target_features(config, model, drafter, examples) if d.feature_cache else None
-  heldout = config.heldout.datasets and HeldoutTau(
-      model, tuple(config.heldout.datasets), config.heldout.num_prompts,
-      config.heldout.max_new_tokens, d.heldout_fraction)  # datasets=() switches it off
+  heldout = HeldoutTau(model, tuple(config.heldout.datasets), config.heldout.num_prompts,
+                       config.heldout.max_new_tokens, d.heldout_fraction
+                       ) if config.heldout.datasets else None  # datasets=() switches it off
 
   optimizer = loop.make_optimizer(t)
   trainable, loss, full_params = training_loss(config, drafter, params, model.cfg)
   step_fn = trainer.step_fn(trainer.loss_gradients(loss), optimizer)
-  validation = held_out_examples and Validation(loss, held_out_examples, d.seq_len, t.batch_size,
-                                                model.tokenizer.pad_id)
+  validation = Validation(loss, held_out_examples, d.seq_len, t.batch_size,
+                          model.tokenizer.pad_id) if held_out_examples else None
   run = loop.Run.start(config, out, mesh, step_fn, optimizer, trainable, model.params,
                        batch_inputs=2 if features is None else 3, stream_size=len(examples))
   step_flops = training_flops(config, drafter, model.cfg, cached_features=features is not None)

@@ -80,8 +80,7 @@ def record_config(config, out: pathlib.Path, resuming: bool, stream_size: int | 
     current["stream_size"] = stream_size
   if resuming and file.is_file():
     saved, now = _flat(json.loads(file.read_text())), _flat(current)
-    changed = sorted(k for k in saved
-                     if saved[k] != now.get(k) and _decides_training(k))
+    changed = sorted(k for k in saved if saved[k] != now.get(k) and _decides_training(k))
     if changed:
       shown = "; ".join(f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:3])
       raise UserError(f"{out} holds a run with other settings ({shown}"
