@@ -18,6 +18,7 @@ import json
 import numpy as np
 
 from draftopd_jax.decoding import engine
+from draftopd_jax.decoding.padding import pad_batch
 from draftopd_jax.evaluation import metrics
 from draftopd_jax.evaluation.anchor_gap import anchor_gap
 from draftopd_jax.evaluation.heldout import HeldoutTau
@@ -36,11 +37,11 @@ def main() -> None:
   args = parser.parse_args()
   model = load_model("smollm2-135m-instruct")
   drafter, params = load_drafter(args.drafter, model.cfg, model.tokenizer)
-  # The held-out sets and their padded prompt batches, as evaluation during training reads them.
+  # The held-out sets' prompts, as evaluation during training reads them, each set one batch.
   heldout = HeldoutTau(model, DATASETS, args.prompts, args.new_tokens, HELDOUT_FRACTION)
   results = {}
-  for name, batch in heldout.batches.items():
-    state = engine.run(model.cfg, model.params, *batch,
+  for name, rows in heldout.prompts.items():
+    state = engine.run(model.cfg, model.params, *pad_batch(rows, model.tokenizer.pad_id),
                        drafter=drafter, drafter_params=params, max_new_tokens=args.new_tokens,
                        eos_ids=model.tokenizer.eos_ids)
     gap = anchor_gap(drafter.cfg, params, model.cfg, model.params, state)

@@ -15,9 +15,10 @@ from draftopd_jax.data.prompts import is_heldout, mtbench_first_turns, sharegpt_
 from draftopd_jax.decoding.engine import Trace
 from draftopd_jax.errors import UserError
 from draftopd_jax.evaluation import metrics, scaling
+from draftopd_jax.evaluation.heldout import grouped_heldout_taus
 from draftopd_jax.io.drafter_checkpoint import load_drafter, save_drafter
 from draftopd_jax.jobs.eval import build_drafter
-from draftopd_jax.models import ModelConfig, dflash, eagle3
+from draftopd_jax.models import ModelConfig, dflash, eagle3, init_params
 from draftopd_jax.models.drafters import DFlashDrafter, Eagle3Drafter
 
 CFG = ModelConfig(family="llama", vocab_size=64, hidden_size=32, num_layers=6, num_heads=4,
@@ -151,3 +152,18 @@ def test_paired_bootstrap_by_hand():
   assert lo < 0 < hi
   with pytest.raises(ValueError, match="same non-empty prompt sets"):
     metrics.paired_bootstrap({"a": [1.0]}, {"a": [1.0, 2.0]})
+
+
+def test_grouped_heldout_taus_come_back_in_prompt_order_whatever_the_grouping():
+  target = init_params(CFG, seed=1)
+  cfg = dflash.DFlashConfig.for_target(CFG, num_layers=1, block_size=4, mask_token_id=0)
+  drafter, drafter_params = DFlashDrafter(cfg), dflash.init_params(cfg, seed=2)
+  rng = np.random.default_rng(0)
+  rows = [rng.integers(1, 64, n).tolist() for n in (9, 3, 40, 5, 17, 3)]
+  taus = lambda group_rows: grouped_heldout_taus(CFG, target, drafter, drafter_params, rows,
+                                                 pad_id=0, max_new_tokens=24, eos_ids=(),
+                                                 group_rows=group_rows)
+  one_by_one = taus(1)
+  assert len(set(one_by_one)) > 1  # the order is visible in the values
+  assert taus(2) == one_by_one  # groups of similar length: (3, 3), (5, 9), (17, 40)
+  assert taus(6) == one_by_one  # one batch
