@@ -123,7 +123,7 @@ def test_regeneration_fills_shards_and_resumes(smollm, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant, at_least", [("train", 1024), ("heldout", 256),
-                                                ("reserved", 512)])
+                                                ("reserved", 4096)])
 def test_the_committed_corpora_are_this_targets_and_keep_to_their_split(smollm, variant, at_least):
   """The train corpus never holds evaluation data; the held-out one (SFT's validation loss) holds
   only the conversations every evaluation holds out; the reserved one only those kept from every
