@@ -11,8 +11,10 @@ replaced only when the difference's interval lies above zero.
       [--new-tokens 128]
 
 NEW and --old: a drafter checkpoint directory or a zoo name. The last line printed is JSON. With
-32 prompts a set (15 minutes and 3.3 GB for two 5-layer DFlash drafters) the taus match the eval
-job's batch-1 ones to within 0.01; 64 prompts needed more than 18 GB on a 24 GB machine.
+32 prompts a set (15 minutes and 3.3 GB for two 5-layer DFlash drafters, when each set was one
+batch) the taus match the eval job's batch-1 ones to within 0.01. Each set is decoded in groups
+of 16 prompts of similar length (`HeldoutTau`): 64 prompts a set took 20.5 minutes and 15.5 GB at
+peak, where as one batch they needed more than 18 GB on a 24 GB machine.
 """
 
 import argparse
